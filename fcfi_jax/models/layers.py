@@ -16,6 +16,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -71,15 +72,22 @@ def _ac_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
     return m.astype(jnp.float32)
 
 
-def _hp_matrix(out_size: int, in_size: int):
-    """(out, in) bilinear align_corners=False matrix (half-pixel, src clamped at 0, no antialias)."""
-    scale = in_size / out_size
-    src = jnp.maximum((jnp.arange(out_size, dtype=jnp.float32) + 0.5) * jnp.float32(scale) - 0.5, 0.0)
-    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), in_size - 1)
+def _hp_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
+    """(out, in) bilinear align_corners=False matrix (half-pixel, src clamped at 0, no antialias).
+
+    PyTorch: scale = float32(in / out), src = max(scale * (dst + 0.5) - 0.5, 0), i1 = min(i0 + 1, in - 1).
+    """
+    n_in = jnp.asarray(in_size if in_valid is None else in_valid, jnp.int32)
+    n_out = jnp.asarray(out_size if out_valid is None else out_valid, jnp.int32)
+    scale = n_in.astype(jnp.float32) / n_out.astype(jnp.float32)
+    src = jnp.maximum(scale * (jnp.arange(out_size, dtype=jnp.float32) + 0.5) - 0.5, 0.0)
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
     frac = src - i0.astype(jnp.float32)
-    i1 = jnp.minimum(i0 + 1, in_size - 1)
+    i1 = jnp.where(i0 < n_in - 1, i0 + 1, i0)
     cols = jnp.arange(in_size)[None, :]
     m = (cols == i0[:, None]) * (1.0 - frac)[:, None] + (cols == i1[:, None]) * frac[:, None]
+    if out_valid is not None:
+        m = m * (jnp.arange(out_size)[:, None] < out_valid)
     return m.astype(jnp.float32)
 
 
@@ -101,10 +109,12 @@ def resize_ac(x, size: Sequence[int], in_hw=None, out_hw=None):
     return _apply_separable(x, my, mx)
 
 
-def resize_hp(x, size: Sequence[int]):
-    """Bilinear resize with align_corners=False (PyTorch default) of x (B, H, W, C); static sizes."""
+def resize_hp(x, size: Sequence[int], in_hw=None, out_hw=None):
+    """Bilinear resize with align_corners=False (PyTorch default) of x (B, H, W, C)."""
     in_h, in_w = x.shape[1:3]
-    return _apply_separable(x, _hp_matrix(size[0], in_h), _hp_matrix(size[1], in_w))
+    my = _hp_matrix(size[0], in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0])
+    mx = _hp_matrix(size[1], in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1])
+    return _apply_separable(x, my, mx)
 
 
 def resize_nearest(x, size: Sequence[int]):
@@ -119,10 +129,16 @@ def resize_nearest(x, size: Sequence[int]):
 # Modules
 
 
-def _xavier_gluon(key, shape, fan_in, fan_out, dtype=jnp.float32):
-    """Official init (XavierGluon gaussian, magnitude 2, 'avg'): N(0, sqrt(2 / ((fan_in + fan_out) / 2)))."""
+def _xavier_gluon(key, shape, fan_in, fan_out):
+    """Official init (XavierGluon gaussian, magnitude 2, 'avg'): N(0, sqrt(2 / ((fan_in + fan_out) / 2))).
+
+    Drawn with NumPy from the NNX key: jax.random would compile once per weight shape (~100 shapes).
+    """
     std = math.sqrt(2.0 / ((fan_in + fan_out) / 2.0))
-    return std * jax.random.normal(key, shape, dtype)
+    if isinstance(key, jax.core.Tracer):  # under nnx.eval_shape / jit: shapes only
+        return std * jax.random.normal(key, shape, jnp.float32)
+    seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).tolist()
+    return jnp.asarray(std * np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
 class Conv2d(nnx.Module):
@@ -225,8 +241,8 @@ class ConvBN(nnx.Module):
     read `<name>.0.weight` and `<name>.1.running_mean` as in PyTorch.
     """
 
-    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, act=False, *, rngs):
-        self.seq = nnx.List([Conv2d(in_ch, out_ch, kernel_size, stride, padding, bias=False, rngs=rngs),
+    def __init__(self, in_ch, out_ch, kernel_size, stride=1, padding=0, act=False, dilation=1, *, rngs):
+        self.seq = nnx.List([Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, bias=False, rngs=rngs),
                                 BatchNorm2d(out_ch)])
         self.act = act
 
@@ -235,3 +251,12 @@ class ConvBN(nnx.Module):
         hw_out = down2(hw) if conv.stride > 1 else hw
         y = bn(conv(x, hw), hw_out)
         return relu(y) if self.act else y
+
+
+class Holder(nnx.Module):
+    """A named container with no computation, for official wrappers whose only role is a key prefix
+    (e.g. `skip_project.skip_project`, `aspp.concurent.4.gap`)."""
+
+    def __init__(self, **children):
+        for name, child in children.items():
+            setattr(self, name, child)
