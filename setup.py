@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "ml-collections==1.1.0",
     "clu==0.0.12",
     "absl-py==2.5.1",
+    "matplotlib==3.10.8",  # evaluation plots (mIoU vs clicks)
 ]
 
 EXTRAS_REQUIRE = {

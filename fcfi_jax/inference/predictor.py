@@ -95,7 +95,7 @@ class Predictor:
     is rounded up to a multiple of it (1 gives the official N exactly).
     """
 
-    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=8):
+    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=24):
         if int(max_points_bucket) < 1:
             raise ValueError(f"max_points_bucket must be >= 1, got {max_points_bucket}")
         self.net = net

@@ -40,7 +40,7 @@ def apply_mask(x, hw):
     """Zero everything outside the valid region of x (B, H, W, C); identity when hw is None."""
     if hw is None:
         return x
-    return x * valid_mask(x.shape[1:3], hw, x.dtype)
+    return jnp.where(valid_mask(x.shape[1:3], hw, jnp.bool_), x, jnp.zeros((), x.dtype))
 
 
 # ----------------------------------------------------------------------------------------

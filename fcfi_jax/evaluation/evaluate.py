@@ -1,0 +1,207 @@
+"""The standard NoC evaluation (official protocol, spec 8): 20 clicks per sample from the official
+clicker, zoom-in with per-dataset settings, flip TTA, NoC@80/85/90, NoF, mIoU per click, timing.
+
+    python -m fcfi_jax.evaluate --checkpoint hrnet18s.pth --datasets GrabCut,Berkeley \
+        --data-root /data/interactive --output results/hrnet18s
+
+`--data-root` holds one folder per dataset (GrabCut/, Berkeley/, DAVIS/, SBD/, PascalVOC/, COCO_MVal/),
+or pass `--dataset-dir NAME=PATH` per dataset. Writes `results.json` (metrics and, per sample, the
+clicks and the IoU after every click), `summary.csv` and `miou.png`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from fcfi_jax.evaluation.clicker import Clicker
+from fcfi_jax.evaluation.metrics import compute_noc_metrics, iou
+
+# Official per-dataset zoom-in (target size, expansion ratio), configs/val/*.yml (spec 8.2).
+ZOOM_IN = {
+    "hrnet": {"GrabCut": (700, 3.0), "Berkeley": (720, 2.8), "DAVIS": (720, 3.5), "SBD": (480, 2.3)},
+    "deeplab": {"GrabCut": (600, 3.2), "Berkeley": (720, 2.5), "DAVIS": (640, 3.0), "SBD": (480, 2.3)},
+}
+# Datasets without an official yml (PascalVOC, COCO_MVal) use the DAVIS setting of the family.
+ZOOM_IN_FALLBACK = "DAVIS"
+
+
+def zoom_in_for(family: str, dataset: str):
+    table = ZOOM_IN[family]
+    return table.get(dataset, table[ZOOM_IN_FALLBACK])
+
+
+def evaluate_sample(predictor, image, gt, n_clicks=20, on_click=None):
+    """Official evaluate_sample: always n_clicks clicks (no early stop); returns (ious, clicks, per_click)."""
+    clicker = Clicker(gt_mask=gt)
+    pred_mask = np.zeros(gt.shape, bool)
+    predictor.set_image(image)
+    ious, clicks, per_click = [], [], []
+    for _ in range(n_clicks):
+        t0 = time.perf_counter()
+        click = clicker.make_next_click(pred_mask)
+        pred_mask, _ = predictor.add_click(click.y, click.x, click.is_positive)
+        ious.append(float(iou(pred_mask, gt)))
+        clicks.append([int(click.y), int(click.x), bool(click.is_positive)])
+        roi = predictor.roi
+        per_click.append({"net_input_shape": list(predictor.net_input_shape),
+                          "zoom_roi_rmin_rmax_cmin_cmax": None if roi is None else [int(v) for v in roi],
+                          "wall_s": time.perf_counter() - t0})
+        if on_click is not None:
+            on_click()
+    return ious, clicks, per_click
+
+
+def evaluate_dataset(predictor, dataset, n_clicks=20, indices=None, progress=True):
+    """Run the protocol over `dataset` (a readers.EvalDataset); returns a results dict."""
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    runner = getattr(predictor, "net", None)
+    model_s0 = getattr(runner, "model_seconds", 0.0)
+    samples, all_ious = [], []
+    t_start = time.perf_counter()
+    for n, i in enumerate(indices):
+        sample = dataset[i]
+        ious, clicks, per_click = evaluate_sample(predictor, sample.image, sample.gt, n_clicks)
+        all_ious.append(ious)
+        samples.append({"index": int(i), "image_name": sample.name, "image_hw": list(sample.gt.shape),
+                        "iou": ious, "clicks": clicks, "per_click": per_click})
+        if progress:
+            m = compute_noc_metrics(all_ious, max_clicks=n_clicks)
+            print(f"\r{dataset.name}: {n + 1}/{len(indices)} images | NoC@85 {m.noc[1]:.2f} NoC@90 {m.noc[2]:.2f}"
+                  f" | {time.perf_counter() - t_start:.0f}s", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    elapsed = time.perf_counter() - t_start
+    metrics = compute_noc_metrics(all_ious, max_clicks=n_clicks)
+    n_total = n_clicks * len(indices)
+    model_s = getattr(runner, "model_seconds", 0.0) - model_s0
+    return {
+        "dataset": dataset.name, "n_samples": len(indices), **metrics.as_dict(),
+        "timing": {"wall_seconds": elapsed, "wall_seconds_per_click": elapsed / max(n_total, 1),
+                   "model_seconds_per_click": model_s / max(n_total, 1),
+                   "note": "wall = whole loop (image loading, clicker, transforms, model, IoU); "
+                           "model = network calls only, device synchronised"},
+        "per_image": samples,
+    }
+
+
+def write_reports(results: list[dict], out_dir) -> None:
+    """results.json, summary.csv and miou.png (mIoU vs clicks for every dataset)."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "samples", "NoC@80", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "mIoU@1", "mIoU@5",
+                    "sec_per_click_wall", "sec_per_click_model"])
+        for r in results:
+            nof = r[f">={len(r['mIoU_per_click'])}"]
+            miou = r["mIoU_per_click"]
+            w.writerow([r["dataset"], r["n_samples"], f"{r['NoC']['NoC@80']:.2f}", f"{r['NoC']['NoC@85']:.2f}",
+                        f"{r['NoC']['NoC@90']:.2f}", nof["@85"], nof["@90"], f"{miou[0]:.4f}",
+                        f"{miou[min(4, len(miou) - 1)]:.4f}", f"{r['timing']['wall_seconds_per_click']:.3f}",
+                        f"{r['timing']['model_seconds_per_click']:.3f}"])
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        miou = r["mIoU_per_click"]
+        ax.plot(range(1, len(miou) + 1), miou, marker="o", ms=3, label=r["dataset"])
+    ax.set_xlabel("number of clicks")
+    ax.set_ylabel("mIoU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "miou.png", dpi=100)
+    plt.close(fig)
+
+
+def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, canvas_step=128):
+    """Predictor with the official settings for `dataset` (zoom_in: 'official', None or (target, ratio))."""
+    from fcfi_jax.inference.predictor import Predictor
+    from fcfi_jax.inference.runner import CanvasRunner
+
+    if zoom_in == "official":
+        zoom_in = zoom_in_for(model.cfg.family, dataset)
+    return Predictor(CanvasRunner(model, step=canvas_step), zoom_in=zoom_in, with_flip=with_flip)
+
+
+def main(argv=None):
+    from fcfi_jax.data.readers import DATASETS, get_dataset
+
+    p = argparse.ArgumentParser(description="FCFI NoC evaluation (official protocol)")
+    p.add_argument("--checkpoint", required=True, help="official .pth or converted directory")
+    p.add_argument("--datasets", default="GrabCut", help=f"comma-separated, from {', '.join(DATASETS)}")
+    p.add_argument("--data-root", default=".", help="folder holding one sub-folder per dataset")
+    p.add_argument("--dataset-dir", action="append", default=[], metavar="NAME=PATH",
+                   help="explicit folder of one dataset (repeatable)")
+    p.add_argument("--output", required=True, help="results folder")
+    p.add_argument("--n-clicks", type=int, default=20)
+    p.add_argument("--no-flip", action="store_true", help="disable flip TTA (on in the official test scripts)")
+    p.add_argument("--no-zoom-in", action="store_true")
+    p.add_argument("--zoom-in", default=None, metavar="TARGET,EXPANSION", help="override the per-dataset zoom-in")
+    p.add_argument("--every", type=int, default=1, help="evaluate every k-th sample (quick runs)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many samples per dataset")
+    p.add_argument("--canvas-step", type=int, default=128,
+                   help="canvas bucket size in pixels (compilations = distinct canvases); 0 = exact shapes")
+    p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
+    args = p.parse_args(argv)
+
+    overrides = {}
+    for item in args.dataset_dir:
+        if "=" not in item:
+            p.error(f"--dataset-dir expects NAME=PATH, got {item!r}")
+        k, v = item.split("=", 1)
+        overrides[k.strip().lower()] = v
+    zoom = None if args.no_zoom_in else "official"
+    if args.zoom_in:
+        try:
+            t, e = args.zoom_in.split(",")
+            zoom = (int(t), float(e))
+        except ValueError:
+            p.error(f"--zoom-in expects TARGET,EXPANSION (e.g. 700,3.0), got {args.zoom_in!r}")
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    datasets = []
+    for name in names:  # open every dataset first: a missing folder fails before any compute
+        root = overrides.get(name.lower(), os.path.join(args.data_root, name))
+        try:
+            datasets.append(get_dataset(name, root))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"evaluate: error: {e}", file=sys.stderr)
+            return 2
+
+    import fcfi_jax
+    from fcfi_jax.inference.runner import enable_compilation_cache
+
+    enable_compilation_cache(args.cache_dir)
+    model = fcfi_jax.load_model(args.checkpoint)
+    results = []
+    for ds in datasets:
+        predictor = build_predictor(model, ds.name, zoom, not args.no_flip, args.canvas_step or None)
+        idx = list(range(0, len(ds), args.every))[:args.limit]
+        r = evaluate_dataset(predictor, ds, args.n_clicks, idx)
+        r["protocol"] = {"checkpoint": str(args.checkpoint), "zoom_in": predictor.zoom and
+                         [predictor.zoom.target_size, predictor.zoom.expansion_ratio],
+                         "with_flip": not args.no_flip, "n_clicks": args.n_clicks, "pred_thr": 0.49,
+                         "canvas_step": args.canvas_step, "compilations": predictor.net.compile_count}
+        results.append(r)
+        print(f"{ds.name}: NoC@80 {r['NoC']['NoC@80']:.2f}  NoC@85 {r['NoC']['NoC@85']:.2f}  "
+              f"NoC@90 {r['NoC']['NoC@90']:.2f}  NoF@90 {r[f'>={args.n_clicks}']['@90']}  "
+              f"SPC {r['timing']['wall_seconds_per_click']:.2f}s (model {r['timing']['model_seconds_per_click']:.2f}s)"
+              f"  compilations {predictor.net.compile_count}")
+    write_reports(results, args.output)
+    print(f"wrote {args.output}/results.json, summary.csv, miou.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Compiled network calls for the predictor: one XLA program per canvas bucket, not per input size.
+
+Zoom-in changes the network input size from click to click. `CanvasRunner` pads every input into
+the top-left corner of a zero canvas (sizes rounded up to `step`) and passes the true size as a
+traced value; the model keeps everything outside the valid region at zero after every layer, so
+the result equals the exact-size forward (see `ISModel.__call__(canvas=...)`). Compilations are
+bounded by the number of distinct canvases; the click count never recompiles (points are
+bucketed by the predictor). JAX's persistent compilation cache makes a second process compile
+nothing: `enable_compilation_cache(dir)`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def enable_compilation_cache(directory: str | None = None) -> str:
+    """Turn on JAX's persistent compilation cache (default ~/.cache/fcfi_jax/xla)."""
+    directory = directory or os.environ.get("FCFI_JAX_CACHE", os.path.expanduser("~/.cache/fcfi_jax/xla"))
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+def canvas_size(h: int, w: int, step: int) -> tuple[int, int]:
+    """Smallest canvas of multiples of `step` holding an h x w input."""
+    return int(math.ceil(h / step) * step), int(math.ceil(w / step) * step)
+
+
+class CanvasRunner:
+    """`net(x, points, new_points, gate)` for `fcfi_jax.inference.predictor.Predictor`.
+
+    x (B, H, W, 4) float32, points (B, 2N, 3), new_points (B, K, 3) int; returns numpy dict with
+    `instances`, `updated_feedback1`, `updated_feedback2` of shape (B, H, W, 1).
+    step=None runs every input at its exact size (one compilation per size, as the official code).
+    """
+
+    OUTPUTS = ("instances", "updated_feedback1", "updated_feedback2")
+
+    def __init__(self, model, step: int | None = 128, dtype=jnp.float32):
+        self.model = model
+        self.step = step
+        self.dtype = dtype
+        self.graphdef, self.state = nnx.split(model)
+        self.canvases: set = set()
+        self.compile_count = 0
+        self.model_seconds = 0.0
+
+        def forward(state, x, points, new_points, gate, geometry):
+            m = nnx.merge(self.graphdef, state)
+            out = m(x.astype(self.dtype), points, new_points, gate, is_training=False, canvas=geometry)
+            return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
+
+        def forward_exact(state, x, points, new_points, gate):
+            m = nnx.merge(self.graphdef, state)
+            out = m(x.astype(self.dtype), points, new_points, gate, is_training=False)
+            return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
+
+        self._forward = jax.jit(forward)
+        self._forward_exact = jax.jit(forward_exact)
+
+    @property
+    def xla_compilations(self) -> int:
+        """Programs XLA actually compiled for this runner (jit cache entries)."""
+        return self._forward._cache_size() + self._forward_exact._cache_size()
+
+    def __call__(self, x, points, new_points, gate):
+        x = np.asarray(x, np.float32)
+        b, h, w, _ = x.shape
+        t0 = time.perf_counter()
+        if self.step is None:
+            key = ("exact", x.shape, np.shape(points), np.shape(new_points))
+            if key not in self.canvases:
+                self.canvases.add(key)
+                self.compile_count += 1
+            out = self._forward_exact(self.state, x, jnp.asarray(points, jnp.float32),
+                                      jnp.asarray(new_points, jnp.int32), jnp.float32(gate))
+            res = {k: np.asarray(v) for k, v in out.items()}
+        else:
+            ch, cw = canvas_size(h, w, self.step)
+            key = (b, ch, cw, np.shape(points), np.shape(new_points))
+            if key not in self.canvases:
+                self.canvases.add(key)
+                self.compile_count += 1
+            canvas = np.zeros((b, ch, cw, x.shape[-1]), np.float32)
+            canvas[:, :h, :w] = x
+            geometry = self.model.geometry((h, w))
+            out = self._forward(self.state, canvas, jnp.asarray(points, jnp.float32),
+                                jnp.asarray(new_points, jnp.int32), jnp.float32(gate), geometry)
+            res = {k: np.asarray(v)[:, :h, :w] for k, v in out.items()}
+        self.model_seconds += time.perf_counter() - t0
+        return res
