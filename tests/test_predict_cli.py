@@ -1,0 +1,56 @@
+"""`python -m fcfi_jax.predict`: click replay equals the official predictor, and bad input fails clearly."""
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from fcfi_jax.predict import parse_clicks
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "fcfi_jax.predict", *map(str, args)], capture_output=True, text=True)
+
+
+def test_replay_matches_official_predictor(fixtures_dir, data_dir, tmp_path):
+    golden = np.load(fixtures_dir / "golden_hrnet18s_native.npz")
+    clicks = ";".join(f"{int(y)},{int(x)},{'+' if p else '-'}"
+                      for (y, x), p in zip(golden["click_yx"], golden["click_is_positive"]))
+    r = _run("--checkpoint", fixtures_dir / "hrnet18s_random.pth", "--image", data_dir / "GrabCut/data_GT/banana1.bmp",
+             "--clicks", clicks, "--output", tmp_path / "mask.png", "--save-probs", tmp_path / "probs.npy",
+             "--save-overlay", tmp_path / "overlay.png", "--per-click-dir", tmp_path / "steps",
+             "--no-zoom-in", "--no-flip")
+    assert r.returncode == 0, r.stderr
+    probs = np.load(tmp_path / "probs.npy")
+    ref = golden["click3_pred_probs"]
+    assert probs.shape == ref.shape and probs.dtype == np.float32
+    assert float(np.abs(probs - ref).max()) < 1e-4  # probabilities: logit noise (<1e-3) shrinks under the sigmoid
+    mask = cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_GRAYSCALE) > 127
+    assert (mask != (ref > 0.49)).sum() <= 5  # pixels within rounding of the threshold may flip
+    for k in (1, 2):
+        step = cv2.imread(str(tmp_path / f"steps/mask_{k:02d}.png"), cv2.IMREAD_GRAYSCALE) > 127
+        assert (step != (golden[f"click{k}_pred_probs"] > 0.49)).sum() <= 5
+    assert cv2.imread(str(tmp_path / "overlay.png")).shape == ref.shape + (3,)
+
+
+def test_parse_clicks():
+    assert parse_clicks("1,2,+; 3.5,4,-") == [(1.0, 2.0, True), (3.5, 4.0, False)]
+    for bad in ["", "1,2", "a,2,+", "1,2,x"]:
+        with pytest.raises(ValueError):
+            parse_clicks(bad)
+
+
+@pytest.mark.parametrize("clicks,needle", [("999,5,+", "outside the 480x640 image"), ("1,2", "expected 'y,x,+'")])
+def test_bad_clicks_fail_with_one_line(data_dir, tmp_path, clicks, needle):
+    r = _run("--checkpoint", "unused.pth", "--image", data_dir / "GrabCut/data_GT/banana1.bmp", "--clicks", clicks,
+             "--output", tmp_path / "m.png")
+    assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_image_and_checkpoint(data_dir, tmp_path):
+    r = _run("--checkpoint", "x.pth", "--image", tmp_path / "nope.png", "--clicks", "1,1,+", "--output", tmp_path / "m.png")
+    assert r.returncode == 2 and "image not found" in r.stderr
+    r = _run("--checkpoint", tmp_path / "missing.pth", "--image", data_dir / "GrabCut/data_GT/banana1.bmp",
+             "--clicks", "1,1,+", "--output", tmp_path / "m.png")
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
