@@ -188,9 +188,13 @@ class BatchNorm2d(nnx.Module):
         else:
             if hw is not None:
                 raise ValueError("BatchNorm batch statistics are not defined on a padded canvas; train on exact shapes.")
+            # Batch statistics to about double precision (PyTorch's CPU kernel accumulates in double):
+            # a second pass corrects the float32 mean, and the variance is taken around it.
             xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axis=(0, 1, 2))
-            var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
+            mean = mean + jnp.mean(xf - mean, axis=(0, 1, 2))
+            d = xf - mean
+            var = jnp.mean(jnp.square(d), axis=(0, 1, 2)) - jnp.square(jnp.mean(d, axis=(0, 1, 2)))
             n = x.shape[0] * x.shape[1] * x.shape[2]
             unbiased = var * (n / max(n - 1, 1))
             m = self.momentum

@@ -1,0 +1,49 @@
+"""FCFI training losses (spec 6), reproducing the official numerics.
+
+`normalized_focal_loss` is NormalizedFocalLossSigmoid(alpha=0.5, gamma=2) with a detached
+normaliser; `mask` turns it into the masked variant used on updated_feedback1 (only pixels whose
+nearest-upsampled soft-box value truncates to exactly 1 count, quirk 5). Both always apply a
+sigmoid, also to the feedback maps that are already probability-like (quirk 4).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+EPS = 1e-12
+
+
+def normalized_focal_loss(pred, label, mask=None, alpha=0.5, gamma=2.0, ignore_label=-1):
+    """Per-sample loss (B,) for pred/label/mask of shape (B, H, W, 1)."""
+    pred = pred.astype(jnp.float32)
+    label = label.astype(jnp.float32)
+    one = label > 0.5
+    sw = label != ignore_label
+    if mask is not None:
+        sw = sw & (jnp.trunc(mask) == 1)
+    swf = sw.astype(jnp.float32)
+    p = jax.nn.sigmoid(pred)
+    a = jnp.where(one, alpha * swf, (1 - alpha) * swf)
+    pt = jnp.where(sw, 1.0 - jnp.abs(label - p), 1.0)
+    beta = (1.0 - pt) ** gamma
+    sw_sum = jnp.sum(swf, axis=(1, 2), keepdims=True)
+    beta_sum = jnp.sum(beta, axis=(1, 2), keepdims=True)
+    mult = jax.lax.stop_gradient(sw_sum / (beta_sum + EPS))
+    beta = beta * mult
+    loss = -a * beta * jnp.log(jnp.minimum(pt + EPS, 1.0)) * swf
+    return jnp.sum(loss, axis=(1, 2, 3)) / (jnp.sum(swf, axis=(1, 2, 3)) + EPS)
+
+
+def fcfi_loss(outputs, gt, feedback_weight: float):
+    """Official objective: NFL(instances) + w * maskedNFL(uf1, valid_masks) + w * NFL(uf2); batch means.
+
+    The aux loss is configured officially but never applied (quirk 3), so it is absent here.
+    Returns (total, dict of the three terms).
+    """
+    terms = {
+        "instance": jnp.mean(normalized_focal_loss(outputs["instances"], gt)),
+        "feedback1": jnp.mean(normalized_focal_loss(outputs["updated_feedback1"], gt, outputs["valid_masks"])),
+        "feedback2": jnp.mean(normalized_focal_loss(outputs["updated_feedback2"], gt)),
+    }
+    total = terms["instance"] + feedback_weight * terms["feedback1"] + feedback_weight * terms["feedback2"]
+    return total, terms
