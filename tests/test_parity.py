@@ -93,3 +93,23 @@ def test_r101_matches_official(fixtures_dir, tmp_path):
     golden = np.load(fixtures_dir / "golden_r101_crop333x417.npz")
     check(run_golden(model, golden, _forward(),
                      ["instances", "updated_feedback1", "updated_feedback2", "gauss_dist_maps"]), TOL_R101)
+
+
+def test_hrnet18s_inside_a_larger_canvas_matches_official(hrnet18s, fixtures_dir):
+    """The 333x417 golden run inside a 384x512 zero canvas (true size traced): same tolerances."""
+    from fcfi_jax.inference.runner import CanvasRunner
+
+    runner = CanvasRunner(hrnet18s, step=128)
+    golden = np.load(fixtures_dir / "golden_hrnet18s_crop333x417.npz")
+
+    def forward(model, x, points, new_points, gate):
+        n = 24  # pad the points so that all three clicks share one compilation
+        p = np.asarray(points)
+        half = p.shape[1] // 2
+        padded = np.full((1, 2 * n, 3), -1, np.float32)
+        padded[:, :half], padded[:, n:n + half] = p[:, :half], p[:, half:]
+        return runner(np.asarray(x), padded, np.asarray(new_points), float(gate))
+
+    errors = run_golden(hrnet18s, golden, forward, ["instances", "updated_feedback1", "updated_feedback2"])
+    check(errors, TOL_HRNET)
+    assert runner.xla_compilations == 1
