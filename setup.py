@@ -25,7 +25,10 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # torch is only used by tests to cross-check the torch-free checkpoint reader.
     # Exact pin: a looser spec pulls a multi-GB CUDA build.
-    "test": ["pytest==9.2.0", "torch==2.13.0"],
+    # nbclient/nbformat/ipykernel run the Colab notebook headless; playwright drives the system
+    # chromium for the demo's browser test (the test never downloads a browser).
+    "test": ["pytest==9.2.0", "torch==2.13.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+             "playwright==1.65.2"],
 }
 
 setup(
@@ -33,6 +36,7 @@ setup(
     version="0.1.0",
     description="FCFI (CVPR 2023) interactive segmentation in JAX/Flax NNX, with official checkpoint conversion",
     packages=find_packages(include=["fcfi_jax", "fcfi_jax.*"]),
+    package_data={"fcfi_jax.demo": ["static/*.html", "static/*.js", "static/*.css"]},  # the demo page
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

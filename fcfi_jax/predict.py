@@ -47,6 +47,25 @@ def overlay(image, mask, clicks, color=(255, 64, 64), alpha=0.5):
     return out
 
 
+def add_predictor_args(parser):
+    """Predictor options shared by the click-replay CLI and the demo server (`fcfi_jax.demo`)."""
+    parser.add_argument("--no-zoom-in", action="store_true")
+    parser.add_argument("--zoom-in", default="720,3.0", metavar="TARGET,EXPANSION")
+    parser.add_argument("--no-flip", action="store_true")
+    parser.add_argument("--canvas-step", type=int, default=128, help="0 = exact shapes")
+
+
+def parse_zoom_in(args):
+    """None with --no-zoom-in, else (target, expansion) from --zoom-in; ValueError with a clear message."""
+    if args.no_zoom_in:
+        return None
+    try:
+        t, e = args.zoom_in.split(",")
+        return int(t), float(e)
+    except ValueError:
+        raise ValueError(f"--zoom-in expects TARGET,EXPANSION (e.g. 720,3.0), got {args.zoom_in!r}") from None
+
+
 def _write_rgb(path, rgb):
     if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"cannot write {path}")
@@ -61,10 +80,7 @@ def main(argv=None):
     p.add_argument("--save-probs", help="probabilities after the last click, (H, W) float32 .npy")
     p.add_argument("--save-overlay", help="image with mask and clicks drawn, PNG")
     p.add_argument("--per-click-dir", help="write the mask after every click here")
-    p.add_argument("--no-zoom-in", action="store_true")
-    p.add_argument("--zoom-in", default="720,3.0", metavar="TARGET,EXPANSION")
-    p.add_argument("--no-flip", action="store_true")
-    p.add_argument("--canvas-step", type=int, default=128, help="0 = exact shapes")
+    add_predictor_args(p)
     args = p.parse_args(argv)
 
     def fail(msg):
@@ -73,15 +89,9 @@ def main(argv=None):
 
     try:
         clicks = parse_clicks(args.clicks)
+        zoom = parse_zoom_in(args)
     except ValueError as e:
         return fail(e)
-    zoom = None
-    if not args.no_zoom_in:
-        try:
-            t, e = args.zoom_in.split(",")
-            zoom = (int(t), float(e))
-        except ValueError:
-            return fail(f"--zoom-in expects TARGET,EXPANSION (e.g. 720,3.0), got {args.zoom_in!r}")
     if not os.path.isfile(args.image):
         return fail(f"image not found: {args.image}")
     from fcfi_jax.data.readers import read_image
