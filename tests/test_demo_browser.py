@@ -5,6 +5,7 @@ drawn overlay equal the Predictor's mask for the same clicks. Errors show in the
 Skipped only when no chromium binary is installed (`apt-get install chromium`; never `playwright install`).
 Screenshots go to the test's tmp dir; set FCFI_DEMO_SCREENSHOT=path.png to keep the last one (docs/demo.png).
 """
+import base64
 import os
 import shutil
 
@@ -150,9 +151,13 @@ def test_page_shows_errors(browser, demo, data_dir):
         page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"hello"}])
         page.wait_for_function("document.getElementById('status').className === 'error'")
         assert "Cannot open notes.png: not a PNG, JPEG or BMP image" in page.text_content("#status")
-        page.set_input_files("#file", str(data_dir / IMAGE))   # the page still works after the error
+        # the page still works after the error; this time the image is dropped on the page
+        page.evaluate("""b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+            const dt = new DataTransfer(); dt.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));
+            document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true})); }""",
+                      base64.b64encode((data_dir / IMAGE).read_bytes()).decode())
         _idle(page, 0)
-        assert page.get_attribute("#status", "class") == ""
+        assert page.get_attribute("#status", "class") == "" and "dropped.jpg: 481×321" in page.text_content("#status")
     finally:
         context.close()
 
