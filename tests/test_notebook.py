@@ -7,7 +7,6 @@ import pathlib
 import cv2
 import nbformat
 import numpy as np
-import pytest
 
 from fcfi_jax.data.readers import read_image
 
