@@ -9,12 +9,7 @@ import json
 import sys
 import time
 
-KNOWN = {  # released architectures (spec 1.3, 1.4)
-    "hrnet18s": dict(family="hrnet", width=18, ocr_width=48, mid_ch=64, with_aux_output=True, use_leaky_relu=True,
-                     expansion_ratio=0.3, use_disks=True, norm_radius=5, with_prev_mask=True),
-    "r101": dict(family="deeplab", backbone="resnet101", deeplab_ch=256, mid_ch=32, aspp_dropout=0.2,
-                 expansion_ratio=0.3, use_leaky_relu=True, use_disks=True, norm_radius=5, with_prev_mask=True),
-}
+from fcfi_jax.models.is_model import RELEASED_ARCHS as KNOWN  # noqa: E402  (spec 1.3, 1.4)
 
 
 def summarize(model, size, batch=1, depth=2):

@@ -109,6 +109,14 @@ class ModelConfig:
         return cls(**d)
 
 
+# The released architectures (spec 1.3, 1.4): ModelConfig fields of "HRNet18s" and "ResNet-101".
+RELEASED_ARCHS = {
+    "hrnet18s": dict(family="hrnet", width=18, ocr_width=48, mid_ch=64, with_aux_output=True, use_leaky_relu=True,
+                     expansion_ratio=0.3, use_disks=True, norm_radius=5, with_prev_mask=True),
+    "r101": dict(family="deeplab", backbone="resnet101", deeplab_ch=256, mid_ch=32, aspp_dropout=0.2,
+                 expansion_ratio=0.3, use_leaky_relu=True, use_disks=True, norm_radius=5, with_prev_mask=True),
+}
+
 OFFICIAL_CLASSES = {
     "isegm.model.is_hrnet_model.HRNetModel": "hrnet",
     "isegm.model.is_deeplab_model.DeeplabModel": "deeplab",
