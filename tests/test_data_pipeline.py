@@ -249,6 +249,9 @@ def test_pipeline_shapes_clicks_and_determinism(sbd_builder):
     assert not np.array_equal(batches[0]["images"], other[0]["images"])
     resumed = take(make_train_dataset(sbd_builder, "train", seed=5, start_epoch=2, **kw), 1)
     np.testing.assert_array_equal(resumed[0]["points"], batches[2]["points"])
+    mid = take(make_train_dataset(sbd_builder, "train", seed=5, start_step=1, **kw), 2)  # resume at a step
+    for a, b in zip(mid, batches[1:]):
+        np.testing.assert_array_equal(a["images"], b["images"])
 
 
 def test_pipeline_host_sharding_and_global_batch(sbd_builder):

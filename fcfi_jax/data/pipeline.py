@@ -172,7 +172,8 @@ def make_train_dataset(builder_or_dir, split: str = "train", crop_size=(320, 480
                        min_object_area: int | None = None, keep_background_prob: float | None = None,
                        stuff_prob: float | None = None, epoch_len: int | None = None,
                        buggy_mask_thresh: float = 0.08, use_sample_weights: bool = True,
-                       sample_weights_gamma: float = 1.25, start_epoch: int = 0, num_epochs: int | None = None,
+                       sample_weights_gamma: float = 1.25, start_epoch: int = 0, start_step: int = 0,
+                       num_epochs: int | None = None,
                        process_index: int | None = None, process_count: int | None = None,
                        num_parallel_calls: int | None = None, prefetch: int = 2, sampler_kwargs: dict | None = None,
                        augment_kwargs: dict | None = None, return_info: bool = False):
@@ -181,7 +182,8 @@ def make_train_dataset(builder_or_dir, split: str = "train", crop_size=(320, 480
     builder_or_dir: a prepared TFDS builder (array_record format) or its directory. batch_size is GLOBAL (all
     hosts); each host yields batch_size / process_count. train (default: split starts with 'train') selects
     the training augmentation, else pad + random crop. None-valued settings come from PRESETS.
-    num_epochs None repeats forever. return_info=True also returns a dict (num_examples, epoch_len,
+    num_epochs None repeats forever. start_step (global steps, added to start_epoch) resumes mid-epoch: the
+    stream then continues exactly where an uninterrupted run would be. return_info=True also returns a dict (num_examples, epoch_len,
     steps_per_epoch, local_batch_size, weighted, settings)."""
     builder = load_builder(builder_or_dir)
     if getattr(builder.info.file_format, "value", builder.info.file_format) != "array_record":
@@ -222,7 +224,7 @@ def make_train_dataset(builder_or_dir, split: str = "train", crop_size=(320, 480
         scores_gamma=sample_weights_gamma)
 
     per_epoch = steps_per_epoch * local_bs
-    start = start_epoch * per_epoch
+    start = start_epoch * per_epoch + int(start_step) * local_bs
     stop = start + num_epochs * per_epoch if num_epochs is not None else np.iinfo(np.int64).max
     h, w = int(crop_size[0]), int(crop_size[1])
 
