@@ -39,7 +39,9 @@ def convert_official(path) -> tuple[ISModel, dict]:
 
 
 def save_converted(model: ISModel, out_dir, extra: dict | None = None) -> pathlib.Path:
-    """Write `model` as a converted directory (orbax state + model_config.json)."""
+    """Write `model` as a converted directory (orbax state + model_config.json).
+
+    Multi-process runs: every process must call this (orbax synchronises them); process 0 writes."""
     import orbax.checkpoint as ocp
 
     out = pathlib.Path(out_dir).absolute()
@@ -51,7 +53,8 @@ def save_converted(model: ISModel, out_dir, extra: dict | None = None) -> pathli
     ckptr.wait_until_finished()
     meta = {"format": "fcfi_jax/1", "model_config": model.cfg.to_dict()}
     meta.update(extra or {})
-    (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+    if jax.process_index() == 0:
+        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
     return out
 
 

@@ -1,0 +1,64 @@
+"""Train and evaluate FCFI: `python -m fcfi_jax.main --config=configs/hrnet18s.py[:local] --workdir=DIR`.
+
+Multi-host (TPU pod slice, several GPU machines): run the same command on every host. On Cloud TPU
+`jax.distributed.initialize()` finds its peers by itself (--distributed); elsewhere pass
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:local]).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and the final model go here "
+                    "(default: runs/<config name>).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host; automatic on Cloud TPU).")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host without auto-detection).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:  # progress goes to stdout; library INFO logs only with --verbosity=0
+        logging.set_verbosity(logging.WARNING)
+    import jax
+    if FLAGS.distributed or FLAGS.coordinator_address:
+        if jax.config.jax_platforms in (None, "", "cpu") and FLAGS.coordinator_address:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from fcfi_jax.training.train import NonFiniteLossError, SetupError, train_and_evaluate
+
+    workdir = FLAGS.workdir
+    if workdir is None:
+        name = os.path.splitext(os.path.basename(FLAGS["config"].config_filename))[0]
+        arg = FLAGS["config"].config_filename.partition(":")[2] if ":" in FLAGS["config"].config_filename else ""
+        workdir = os.path.join("runs", name + (f"_{arg}" if arg else ""))
+    logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
+    try:
+        train_and_evaluate(FLAGS.config, workdir)
+    except (SetupError, NonFiniteLossError) as e:
+        print(f"fcfi_jax.main: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def parse_flags(argv):
+    """absl flag parsing, with config override mistakes (unknown key, wrong type) as one-line errors."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"fcfi_jax.main: error: {e}\nPass --help for usage.", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = str(e).replace("\\n", " ").replace("\\'", "").replace("'", "")
+        print(f"fcfi_jax.main: error: bad --config override: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
