@@ -106,9 +106,11 @@ class FocusedCorrectionModule(nnx.Module):
                 jnp.minimum(jnp.ceil(x1 / fbw_f * ftw_f), ftw_f),
             ], axis=1).astype(jnp.int32)  # (B, 4)
 
-            images = resize_ac(images, (ft_h, ft_w), in_hw, ft_hw_true)
-            click_encoding = resize_ac(click_encoding, (ft_h, ft_w), in_hw, ft_hw_true)
-            feedback_rs = resize_ac(feedback, (ft_h, ft_w), in_hw, ft_hw_true)
+            # One resize of the stacked maps (per-channel, so identical to three resizes).
+            ci, cc = images.shape[-1], click_encoding.shape[-1]
+            small = resize_ac(jnp.concatenate([images, click_encoding, feedback], axis=-1), (ft_h, ft_w), in_hw,
+                              ft_hw_true)
+            images, click_encoding, feedback_rs = small[..., :ci], small[..., ci:ci + cc], small[..., ci + cc:]
             in_hw = ft_hw_true
 
             u = self.encode(jnp.concatenate([images, click_encoding, feedback_rs, features], axis=-1), ft_hw_true)
@@ -116,8 +118,8 @@ class FocusedCorrectionModule(nnx.Module):
             u = u / jnp.maximum(jnp.sqrt(jnp.sum(u * u, axis=-1, keepdims=True)), 1e-12)
             b_idx = jnp.arange(u.shape[0])
             u_click = u[b_idx, yf, xf]  # (B, M)
-            affinity = jnp.einsum("bc,bhwc->bhw", u_click, u,
-                                  precision=jax.lax.Precision.HIGHEST)[..., None]
+            # A channel reduction, not a dot: XLA:CPU would transpose u for a (1 x C) @ (C x hw) matmul.
+            affinity = jnp.sum(u * u_click[:, None, None, :], axis=-1, keepdims=True)
             lab = label[:, None, None, None].astype(feedback_rs.dtype)
             if is_training:
                 m = soft_box_mask((ft_h, ft_w), box)

@@ -12,6 +12,7 @@ zero padding as on the true-size image. `hw=None` means the tensor has exactly i
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import jax
@@ -47,33 +48,24 @@ def apply_mask(x, hw):
 # Resizes with PyTorch semantics (jax.image.resize matches none of them)
 
 
-def _ac_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
-    """(out_size, in_size) bilinear align_corners=True interpolation matrix.
+def _ac_taps(out_size: int, in_size: int, out_valid=None, in_valid=None):
+    """Bilinear align_corners=True along one axis as two taps: (i0, i1) int32 and weights (w0, w1), each (out_size,).
 
     PyTorch: src = dst * float32((in - 1) / (out - 1)) (0 if out == 1), i0 = floor(src),
     i1 = min(i0 + 1, in - 1), weights (1 - frac, frac). With `*_valid` (traced ints) the true
-    sizes drive the grid, and rows/cols beyond them are zero.
+    sizes drive the grid, and outputs beyond `out_valid` get zero weights.
     """
     n_in = in_size if in_valid is None else in_valid
     n_out = out_size if out_valid is None else out_valid
     n_in_f = jnp.asarray(n_in, jnp.float32)
     n_out_f = jnp.asarray(n_out, jnp.float32)
     scale = jnp.where(n_out_f > 1, (n_in_f - 1) / jnp.maximum(n_out_f - 1, 1), 0.0)
-    dst = jnp.arange(out_size, dtype=jnp.float32)
-    src = dst * scale
-    i0 = jnp.floor(src).astype(jnp.int32)
-    i0 = jnp.minimum(i0, jnp.asarray(n_in, jnp.int32) - 1)
-    frac = src - i0.astype(jnp.float32)
-    i1 = jnp.where(i0 < jnp.asarray(n_in, jnp.int32) - 1, i0 + 1, i0)
-    cols = jnp.arange(in_size)[None, :]
-    m = (cols == i0[:, None]) * (1.0 - frac)[:, None] + (cols == i1[:, None]) * frac[:, None]
-    if out_valid is not None:
-        m = m * (jnp.arange(out_size)[:, None] < out_valid)
-    return m.astype(jnp.float32)
+    src = jnp.arange(out_size, dtype=jnp.float32) * scale
+    return _taps(src, n_in, out_size, out_valid)
 
 
-def _hp_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
-    """(out, in) bilinear align_corners=False matrix (half-pixel, src clamped at 0, no antialias).
+def _hp_taps(out_size: int, in_size: int, out_valid=None, in_valid=None):
+    """Bilinear align_corners=False taps (half-pixel, src clamped at 0, no antialias), as `_ac_taps`.
 
     PyTorch: scale = float32(in / out), src = max(scale * (dst + 0.5) - 0.5, 0), i1 = min(i0 + 1, in - 1).
     """
@@ -81,40 +73,84 @@ def _hp_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
     n_out = jnp.asarray(out_size if out_valid is None else out_valid, jnp.int32)
     scale = n_in.astype(jnp.float32) / n_out.astype(jnp.float32)
     src = jnp.maximum(scale * (jnp.arange(out_size, dtype=jnp.float32) + 0.5) - 0.5, 0.0)
+    return _taps(src, n_in, out_size, out_valid)
+
+
+def _taps(src, n_in, out_size, out_valid):
+    n_in = jnp.asarray(n_in, jnp.int32)
     i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
     frac = src - i0.astype(jnp.float32)
     i1 = jnp.where(i0 < n_in - 1, i0 + 1, i0)
-    cols = jnp.arange(in_size)[None, :]
-    m = (cols == i0[:, None]) * (1.0 - frac)[:, None] + (cols == i1[:, None]) * frac[:, None]
+    w0, w1 = 1.0 - frac, frac
     if out_valid is not None:
-        m = m * (jnp.arange(out_size)[:, None] < out_valid)
-    return m.astype(jnp.float32)
+        inside = jnp.arange(out_size) < out_valid
+        w0, w1 = jnp.where(inside, w0, 0.0), jnp.where(inside, w1, 0.0)
+    return i0, i1, w0, w1
 
 
-def _apply_separable(x, my, mx):
-    """x (B, H, W, C), my (H', H), mx (W', W) -> (B, H', W', C) as two matmuls."""
+def _taps_matrix(taps, in_size: int):
+    """The (out, in) interpolation matrix of two-tap weights (i1 == i0 on the last row: weights add)."""
+    i0, i1, w0, w1 = taps
+    cols = jnp.arange(in_size)[None, :]
+    return ((cols == i0[:, None]) * w0[:, None] + (cols == i1[:, None]) * w1[:, None]).astype(jnp.float32)
+
+
+def _ac_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
+    """(out_size, in_size) bilinear align_corners=True interpolation matrix (see `_ac_taps`)."""
+    return _taps_matrix(_ac_taps(out_size, in_size, out_valid, in_valid), in_size)
+
+
+def _hp_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
+    """(out, in) bilinear align_corners=False interpolation matrix (see `_hp_taps`)."""
+    return _taps_matrix(_hp_taps(out_size, in_size, out_valid, in_valid), in_size)
+
+
+def resize_impl() -> str:
+    """'gather' (two-tap lerp: XLA:CPU runs it 5-15x faster than the matmul, measured) on CPU, 'matmul'
+    (interpolation matrices: MXU / tensor cores) elsewhere; FCFI_JAX_RESIZE=gather|matmul overrides.
+    Both compute w0 * x[i0] + w1 * x[i1] in the input dtype (they differ by float rounding only)."""
+    impl = os.environ.get("FCFI_JAX_RESIZE", "")
+    if impl in ("gather", "matmul"):
+        return impl
+    return "gather" if jax.default_backend() == "cpu" else "matmul"
+
+
+def _lerp_axis(x, axis: int, taps):
+    i0, i1, w0, w1 = taps
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    a = jnp.take(x, i0, axis=axis, mode="clip")
+    b = jnp.take(x, i1, axis=axis, mode="clip")
+    return a * w0.astype(x.dtype).reshape(shape) + b * w1.astype(x.dtype).reshape(shape)
+
+
+def _apply_separable(x, ty, tx, impl=None):
+    """x (B, H, W, C), row taps ty (out H'), column taps tx (out W') -> (B, H', W', C)."""
+    if (impl or resize_impl()) == "gather":
+        return _lerp_axis(_lerp_axis(x, 1, ty), 2, tx)
+    my, mx = _taps_matrix(ty, x.shape[1]), _taps_matrix(tx, x.shape[2])
     prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
     y = jnp.einsum("oh,bhwc->bowc", my.astype(x.dtype), x, precision=prec)
     return jnp.einsum("pw,bowc->bopc", mx.astype(x.dtype), y, precision=prec)
 
 
-def resize_ac(x, size: Sequence[int], in_hw=None, out_hw=None):
+def resize_ac(x, size: Sequence[int], in_hw=None, out_hw=None, impl=None):
     """Bilinear resize with align_corners=True (PyTorch semantics) of x (B, H, W, C)."""
     out_h, out_w = size
     in_h, in_w = x.shape[1:3]
     if in_hw is None and (out_h, out_w) == (in_h, in_w):
         return x
-    my = _ac_matrix(out_h, in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0])
-    mx = _ac_matrix(out_w, in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1])
-    return _apply_separable(x, my, mx)
+    ty = _ac_taps(out_h, in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0])
+    tx = _ac_taps(out_w, in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1])
+    return _apply_separable(x, ty, tx, impl)
 
 
-def resize_hp(x, size: Sequence[int], in_hw=None, out_hw=None):
+def resize_hp(x, size: Sequence[int], in_hw=None, out_hw=None, impl=None):
     """Bilinear resize with align_corners=False (PyTorch default) of x (B, H, W, C)."""
     in_h, in_w = x.shape[1:3]
-    my = _hp_matrix(size[0], in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0])
-    mx = _hp_matrix(size[1], in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1])
-    return _apply_separable(x, my, mx)
+    ty = _hp_taps(size[0], in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0])
+    tx = _hp_taps(size[1], in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1])
+    return _apply_separable(x, ty, tx, impl)
 
 
 def resize_nearest(x, size: Sequence[int]):
@@ -141,6 +177,22 @@ def _xavier_gluon(key, shape, fan_in, fan_out):
     return jnp.asarray(std * np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
+def _depthwise(x, w, padding: int, dilation: int):
+    """Depthwise (channel multiplier 1, stride 1) conv of x (B, H, W, C) with w (kh, kw, 1, C) as a sum of
+    kh * kw shifted, per-channel scaled copies: one elementwise fusion. XLA:CPU runs the grouped
+    convolution it replaces at ~0.3 GFLOP/s (60-80 ms for a 120x160x64 3x3 layer, vs ~1 ms)."""
+    kh, kw = w.shape[:2]
+    h, wd = x.shape[1:3]
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho, wo = h + 2 * padding - dilation * (kh - 1), wd + 2 * padding - dilation * (kw - 1)
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            t = xp[:, i * dilation:i * dilation + ho, j * dilation:j * dilation + wo] * w[i, j, 0]
+            y = t if y is None else y + t
+    return y
+
+
 class Conv2d(nnx.Module):
     """torch.nn.Conv2d in NHWC. `weight` is stored HWIO: (kh, kw, in // groups, out)."""
 
@@ -155,6 +207,18 @@ class Conv2d(nnx.Module):
     def __call__(self, x, hw=None):
         w = self.weight[...].astype(x.dtype)
         p = self.padding
+        if self.groups > 1 and self.groups == x.shape[-1] == w.shape[-1] and self.stride == 1:
+            y = _depthwise(x, w, p, self.dilation)
+            if self.bias is not None:
+                y = y + self.bias[...].astype(x.dtype)
+            return apply_mask(y, hw)
+        if w.shape[0] == w.shape[1] == 1 and self.groups == 1 and p == 0 and self.stride == 1 and w.shape[2] <= 4:
+            # 1x1 with <= 4 input channels (the click maps at full resolution): a few broadcast multiply-adds
+            # that fuse with what follows; as a matmul with K = 3, XLA:CPU spends ~10 ms per 480x640 map.
+            y = sum(x[..., c:c + 1] * w[0, 0, c] for c in range(w.shape[2]))
+            if self.bias is not None:
+                y = y + self.bias[...].astype(x.dtype)
+            return apply_mask(y, hw)
         prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
         y = jax.lax.conv_general_dilated(
             x, w, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
