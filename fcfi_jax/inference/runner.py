@@ -64,13 +64,29 @@ class CanvasRunner:
             out = m(x.astype(self.dtype), points, new_points, gate, is_training=False)
             return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
 
-        self._forward = jax.jit(forward)
-        self._forward_exact = jax.jit(forward_exact)
+        from fcfi_jax.xla_options import compiler_options
+
+        opts = compiler_options()
+        self._forward = jax.jit(forward, compiler_options=opts)
+        self._forward_exact = jax.jit(forward_exact, compiler_options=opts)
 
     @property
     def xla_compilations(self) -> int:
         """Programs XLA actually compiled for this runner (jit cache entries)."""
         return self._forward._cache_size() + self._forward_exact._cache_size()
+
+    def compiled_text(self, x_shape, points_shape, new_points_shape) -> str:
+        """Optimized HLO of the program that serves inputs of these shapes (for tools/profile.py)."""
+        b, h, w, c = x_shape
+        f32 = jax.ShapeDtypeStruct
+        if self.step is None:
+            lowered = self._forward_exact.lower(self.state, f32(x_shape, jnp.float32), f32(points_shape, jnp.float32),
+                                                f32(new_points_shape, jnp.int32), f32((), jnp.float32))
+        else:
+            ch, cw = canvas_size(h, w, self.step)
+            lowered = self._forward.lower(self.state, f32((b, ch, cw, c), jnp.float32), f32(points_shape, jnp.float32),
+                                          f32(new_points_shape, jnp.int32), f32((), jnp.float32), f32((4,), jnp.int32))
+        return lowered.compile().as_text()
 
     def __call__(self, x, points, new_points, gate):
         x = np.asarray(x, np.float32)
