@@ -152,6 +152,6 @@ class CollaborativeFeedbackFusionModule(nnx.Module):
             for layer in self.fusion_encoder:
                 u = layer(u, hw)
             u = apply_mask(jax.nn.sigmoid(u), hw)
-            residual = self.residual_predictor(jnp.concatenate([features, u], axis=-1), hw)
+            residual = self.residual_predictor([features, u], hw)  # 1x1 conv of the concatenation
             features = features + gate * residual
         return features, u

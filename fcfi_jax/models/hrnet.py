@@ -97,8 +97,8 @@ class ObjectAttentionBlock(nnx.Module):
         if train:  # BN over the broadcast map, as PyTorch sees it
             value = jnp.broadcast_to(value, x.shape[:3] + value.shape[-1:])
             return _conv_bn_relu(self.f_up[0], self.f_up[1], value, None)
-        ctx = _conv_bn_relu(self.f_up[0], self.f_up[1], value, None)
-        return apply_mask(jnp.broadcast_to(ctx, x.shape[:3] + ctx.shape[-1:]), hw)
+        # Eval: the (B, 1, 1, C) context itself; SpatialOCRModule's 1x1 conv broadcasts it (no H x W copy).
+        return _conv_bn_relu(self.f_up[0], self.f_up[1], value, None)
 
 
 class SpatialOCRModule(nnx.Module):
@@ -109,8 +109,7 @@ class SpatialOCRModule(nnx.Module):
 
     def __call__(self, feats, proxy, hw=None):
         ctx = self.object_context_block(feats, proxy, hw)
-        out = _conv_bn_relu(self.conv_bn_dropout[0], self.conv_bn_dropout[1],
-                            jnp.concatenate([ctx, feats], axis=-1), hw)
+        out = _conv_bn_relu(self.conv_bn_dropout[0], self.conv_bn_dropout[1], [ctx, feats], hw)  # 1x1 of the concat
         return self.dropout(out)
 
 

@@ -48,6 +48,19 @@ def dist_maps(points, hw_shape, radius: float, use_disks: bool = True, hw=None):
     else:
         dy = (rows[None, None, None, :] - p[..., 0, None]) / radius
         dx = (cols[None, None, None, :] - p[..., 1, None]) / radius
+    if use_disks and n <= 64:
+        # min_n d2 <= R^2  <=>  some valid n has d2 <= R^2: unrolled over the points as one elementwise fusion
+        # written in NHWC (same per-point arithmetic; no (B, 2, N, H, W) reduction and no transpose).
+        dy2, dx2 = dy ** 2, dx ** 2
+        maps = []
+        for k in range(2):
+            m = None
+            for j in range(n):
+                inside = ((dy2[:, k, j, :, None] + dx2[:, k, j, None, :] <= radius * radius)
+                          & ~invalid[:, k, j, None, None])
+                m = inside if m is None else m | inside
+            maps.append(m)
+        return apply_mask(jnp.stack(maps, axis=-1).astype(jnp.float32), hw)
     d2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2  # (B, 2, N, H, W)
     d2 = jnp.where(invalid[..., None, None], 1e6, d2)
     d2 = jnp.min(d2, axis=2)  # (B, 2, H, W)

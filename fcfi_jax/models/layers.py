@@ -205,6 +205,14 @@ class Conv2d(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_ch,))) if bias else None
 
     def __call__(self, x, hw=None):
+        """x (B, H, W, C), or a list of arrays whose channel concatenation is the input (a 1x1 conv then sums
+        one matmul per part and never materialises the concatenation; parts may be (B, 1, 1, c) vectors,
+        broadcast over the map)."""
+        if isinstance(x, (list, tuple)):
+            if self.weight.shape[0] == self.weight.shape[1] == 1 and self.groups == 1 and self.stride == 1:
+                return self._pointwise(list(x), hw)
+            size = max((t.shape[:3] for t in x), key=lambda s: s[1] * s[2])
+            x = jnp.concatenate([jnp.broadcast_to(t, size + t.shape[-1:]) for t in x], axis=-1)
         w = self.weight[...].astype(x.dtype)
         p = self.padding
         if self.groups > 1 and self.groups == x.shape[-1] == w.shape[-1] and self.stride == 1:
@@ -213,12 +221,7 @@ class Conv2d(nnx.Module):
                 y = y + self.bias[...].astype(x.dtype)
             return apply_mask(y, hw)
         if w.shape[0] == w.shape[1] == 1 and self.groups == 1 and p == 0 and self.stride == 1 and w.shape[2] <= 4:
-            # 1x1 with <= 4 input channels (the click maps at full resolution): a few broadcast multiply-adds
-            # that fuse with what follows; as a matmul with K = 3, XLA:CPU spends ~10 ms per 480x640 map.
-            y = sum(x[..., c:c + 1] * w[0, 0, c] for c in range(w.shape[2]))
-            if self.bias is not None:
-                y = y + self.bias[...].astype(x.dtype)
-            return apply_mask(y, hw)
+            return self._pointwise([x], hw)
         prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
         y = jax.lax.conv_general_dilated(
             x, w, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
@@ -227,6 +230,29 @@ class Conv2d(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return apply_mask(y, down2(hw) if self.stride > 1 else hw)
+
+    def _pointwise(self, parts, hw):
+        """1x1 conv of the channel concatenation of `parts`: per part a matmul, or, for <= 4 channels (the
+        click maps at full resolution), broadcast multiply-adds that fuse with what follows (XLA:CPU spends
+        ~10 ms on a K = 3 matmul over a 480x640 map)."""
+        dt = parts[0].dtype
+        w = self.weight[...].astype(dt)[0, 0]
+        prec = jax.lax.Precision.HIGHEST if dt == jnp.float32 else None
+        y, off = None, 0
+        for t in parts:
+            c = t.shape[-1]
+            if c <= 4:
+                contrib = sum(t[..., k:k + 1] * w[off + k] for k in range(c))
+            else:
+                contrib = jnp.dot(t, w[off:off + c], precision=prec)
+            y = contrib if y is None else y + contrib
+            off += c
+        if off != w.shape[0]:
+            raise ValueError(f"1x1 conv expects {w.shape[0]} input channels, got {off}")
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dt)
+        size = max((t.shape[:3] for t in parts), key=lambda s: s[1] * s[2])
+        return apply_mask(jnp.broadcast_to(y, size + y.shape[-1:]), hw)
 
 
 class BatchNorm2d(nnx.Module):
