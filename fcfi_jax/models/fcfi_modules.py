@@ -114,17 +114,19 @@ class FocusedCorrectionModule(nnx.Module):
             in_hw = ft_hw_true
 
             u = self.encode(jnp.concatenate([images, click_encoding, feedback_rs, features], axis=-1), ft_hw_true)
-            # Cosine affinity to the click's encoded feature (F.normalize, eps 1e-12).
+            # Cosine affinity to the click's encoded feature (F.normalize, eps 1e-12), in float32 in any case.
+            u = u.astype(jnp.float32)
             u = u / jnp.maximum(jnp.sqrt(jnp.sum(u * u, axis=-1, keepdims=True)), 1e-12)
             b_idx = jnp.arange(u.shape[0])
             u_click = u[b_idx, yf, xf]  # (B, M)
             # A channel reduction, not a dot: XLA:CPU would transpose u for a (1 x C) @ (C x hw) matmul.
             affinity = jnp.sum(u * u_click[:, None, None, :], axis=-1, keepdims=True)
+            affinity = affinity.astype(feedback_rs.dtype)
             lab = label[:, None, None, None].astype(feedback_rs.dtype)
             if is_training:
-                m = soft_box_mask((ft_h, ft_w), box)
+                valid_mask = soft_box_mask((ft_h, ft_w), box)
+                m = valid_mask.astype(feedback_rs.dtype)
                 feedback = (1 - m) * feedback_rs + m * (affinity * lab + (1 - affinity) * feedback_rs)
-                valid_mask = m
             else:
                 inside = hard_box_mask((ft_h, ft_w), box)
                 feedback = jnp.where(inside, (1 - affinity) * feedback_rs + affinity * lab, feedback_rs)

@@ -119,9 +119,10 @@ def spatial_gather(feats, logits, hw=None):
     lg = logits.reshape(b, h * w)
     if hw is not None:
         lg = jnp.where(valid_mask((h, w), hw, jnp.bool_).reshape(1, h * w), lg, -jnp.inf)
-    probs = jax.nn.softmax(lg, axis=-1)
-    ctx = jnp.einsum("bp,bpc->bc", probs, feats.reshape(b, h * w, c), precision=jax.lax.Precision.HIGHEST)
-    return ctx[:, None, None, :]
+    probs = jax.nn.softmax(lg.astype(jnp.float32), axis=-1)  # a sum over all pixels: float32 in any case
+    ctx = jnp.einsum("bp,bpc->bc", probs, feats.reshape(b, h * w, c).astype(jnp.float32),
+                     precision=jax.lax.Precision.HIGHEST)
+    return ctx[:, None, None, :].astype(feats.dtype)
 
 
 class HighResolutionNet(nnx.Module):

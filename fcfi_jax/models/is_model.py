@@ -208,12 +208,16 @@ class ISModel(nnx.Module):
         prev = image[..., 3:4]
         if cfg.binary_prev_mask:
             prev = (prev > 0.5).astype(prev.dtype)
+        # The compute dtype is the image's (float32, or bfloat16 for speed on GPU/TPU): constants and maps
+        # made here are cast to it so that nothing silently promotes the network back to float32.
+        dt = image.dtype
         mean = jnp.asarray(cfg.norm_mean_std[0], jnp.float32)
         std = jnp.asarray(cfg.norm_mean_std[1], jnp.float32)
-        rgb = apply_mask((rgb - mean) / std, hw)
+        rgb = apply_mask(((rgb.astype(jnp.float32) - mean) / std).astype(dt), hw)
+        gate = jnp.asarray(gate).astype(dt)
 
         radius = cfg.norm_radius if designated_click_radius < 0 else designated_click_radius
-        disks = dist_maps(points, size, radius, cfg.use_disks, hw)
+        disks = dist_maps(points, size, radius, cfg.use_disks, hw).astype(dt)
         enc = jnp.concatenate([prev, disks], axis=-1) if cfg.family == "hrnet" else disks
         mt = self.maps_transform
         act = leaky_relu if cfg.use_leaky_relu else relu
