@@ -1,7 +1,7 @@
 """Where does the time go? Per-op profile of a compiled forward (or predictor click) on this backend.
 
     python tools/profile.py --model hrnet18s --size 480x640 --top 30
-    python tools/profile.py --what click --top 30            # one zoom-in + flip predictor click (2x525x700)
+    python tools/profile.py --what click --top 30            # the network call of a zoom-in + flip click (2x525x700)
 
 Runs the program under `jax.profiler.trace`, sums the device-side events of every HLO instruction over the
 profiled runs and prints the slowest ones with what they compute (read from the optimized HLO: the
@@ -131,6 +131,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--canvas-step", type=int, default=32, help="canvas bucket of the click program (0: exact shape)")
     p.add_argument("--dump", default=None, help="write the optimized HLO text here")
     args = p.parse_args(argv)
 
@@ -162,7 +163,7 @@ def main(argv=None):
     else:
         from fcfi_jax.inference.runner import CanvasRunner
 
-        runner = CanvasRunner(model, dtype=jnp.dtype(args.dtype))
+        runner = CanvasRunner(model, step=args.canvas_step or None, dtype=jnp.dtype(args.dtype))
         rng = np.random.default_rng(0)
         h, w = 525, 700
         x = rng.random((2, h, w, 4), dtype=np.float32)

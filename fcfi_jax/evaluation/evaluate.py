@@ -125,8 +125,11 @@ def write_reports(results: list[dict], out_dir) -> None:
     plt.close(fig)
 
 
-def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, canvas_step=128):
-    """Predictor with the official settings for `dataset` (zoom_in: 'official', None or (target, ratio))."""
+def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, canvas_step=32):
+    """Predictor with the official settings for `dataset` (zoom_in: 'official', None or (target, ratio)).
+
+    canvas_step 32: a zoomed 525x700 input runs on a 544x704 canvas (+4% pixels; 640x768, +34%, with 128);
+    on GrabCut the 1000 clicks then need 21 compilations instead of 11, which the saved compute repays."""
     from fcfi_jax.inference.predictor import Predictor
     from fcfi_jax.inference.runner import CanvasRunner
 
@@ -151,7 +154,7 @@ def main(argv=None):
     p.add_argument("--zoom-in", default=None, metavar="TARGET,EXPANSION", help="override the per-dataset zoom-in")
     p.add_argument("--every", type=int, default=1, help="evaluate every k-th sample (quick runs)")
     p.add_argument("--limit", type=int, default=None, help="at most this many samples per dataset")
-    p.add_argument("--canvas-step", type=int, default=128,
+    p.add_argument("--canvas-step", type=int, default=32,
                    help="canvas bucket size in pixels (compilations = distinct canvases); 0 = exact shapes")
     p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
     args = p.parse_args(argv)
