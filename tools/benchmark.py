@@ -1,12 +1,19 @@
 """Speed benchmarks on whatever backend JAX sees (CPU here, GPU/TPU elsewhere). Prints a table, writes JSON.
 
-    python tools/benchmark.py --output bench.json                       # forwards + predictor click
+    python tools/benchmark.py --output bench.json                       # forwards + predictor clicks
     python tools/benchmark.py --what forward --models hrnet18s --sizes 480x640 --repeats 15
-    python tools/benchmark.py --what eval --eval-images 2 --data-root ../shared/data
+    python tools/benchmark.py --what forward --models hrnet18s --dtype bfloat16 \\
+        --checkpoint ../shared/fixtures/hrnet18s_clicky.pth              # + max |logit error| vs float32
+    python tools/benchmark.py --what click --canvas-step 128            # first click and zoom-in + flip click
+    python tools/benchmark.py --what eval --eval-images 50              # the GrabCut NoC evaluation, end to end
+    python tools/benchmark.py --what train --models hrnet18s --batch 8  # train-step samples/s at 320x480
 
-Every timing is taken after warm-up (compilation excluded) with the device synchronised; the table
-shows the median and the spread (min..max). FLOPs come from XLA's cost analysis of the compiled
-program. The evaluation benchmark includes compilation and reports the number of XLA compilations.
+Every timing is taken after warm-up (compilation excluded) with the device synchronised; the table shows
+the median and the spread (min..max). FLOPs come from XLA's cost analysis of the compiled program. The
+click rows report the network input, the canvas and the number of XLA compilations; the evaluation row
+includes compilation. `--wait-idle 0.85` waits (up to 30 s) before every timed run until the machine's
+CPUs are at least 85% idle, for shared machines; the idle fractions seen are reported.
+`FCFI_JAX_XLA_DEFAULTS=1` measures with XLA's default CPU options (see fcfi_jax/xla_options.py).
 """
 from __future__ import annotations
 
@@ -21,12 +28,37 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 MODELS = ("hrnet18s", "r101")
+_IDLE = {"threshold": 0.0, "seen": []}
+
+
+def _idle_fraction(dt=0.3):
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+
+    i0, t0 = snap()
+    time.sleep(dt)
+    i1, t1 = snap()
+    return (i1 - i0) / max(t1 - t0, 1)
+
+
+def _wait_idle():
+    if _IDLE["threshold"] <= 0 or not os.path.exists("/proc/stat"):
+        return
+    t0, f = time.time(), 0.0
+    while time.time() - t0 < 30:
+        f = _idle_fraction()
+        if f >= _IDLE["threshold"]:
+            break
+    _IDLE["seen"].append(f)
 
 
 def _timeit(fn, repeats):
     fn()  # warm-up (compiles)
     times = []
     for _ in range(repeats):
+        _wait_idle()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -42,110 +74,271 @@ def _released(name):
     return build_model(KNOWN[name])
 
 
-def forward_row(model, name, size, batch, repeats, dtype):
+def _opts():
+    from fcfi_jax.xla_options import compiler_options
+
+    return compiler_options()
+
+
+def _real_input(data_root, h, w, batch):
+    """A GrabCut photo resized to h x w with a click at the object's centre (random pixels without data)."""
+    import cv2
+    import numpy as np
+
+    try:
+        from fcfi_jax.data.readers import get_dataset
+
+        s = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))[0]
+        img = cv2.resize(s.image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+        gt = cv2.resize((s.gt == 1).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        ys, xs = np.nonzero(gt)
+        cy, cx = int(ys.mean()), int(xs.mean())
+    except (OSError, ValueError, IndexError):
+        img = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
+        cy, cx = h // 2, w // 2
+    x = np.concatenate([img, np.zeros((h, w, 1), np.float32)], -1)[None].repeat(batch, 0)
+    pts = np.full((batch, 48, 3), -1, np.float32)
+    pts[:, 0] = (cy, cx, 0)
+    new = np.asarray([[[cy, cx, 1]]] * batch, np.int32)
+    return x, pts, new
+
+
+def forward_row(model, name, size, batch, repeats, dtype, data_root="."):
     import jax
     import jax.numpy as jnp
+    import numpy as np
     from flax import nnx
 
     h, w = size
-    x = jnp.zeros((batch, h, w, 4), jnp.float32)
-    pts = jnp.full((batch, 48, 3), -1.0).at[:, 0].set(jnp.asarray([h // 2, w // 2, 0.0]))
-    new = jnp.asarray([[[h // 2, w // 2, 1]]] * batch, jnp.int32)
+    x, pts, new = (jnp.asarray(a) for a in _real_input(data_root, h, w, batch))
     graphdef, state = nnx.split(model)
-    if dtype != "float32":
-        state = jax.tree.map(lambda a: a.astype(dtype) if a.dtype == jnp.float32 else a, state)
-    f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x.astype(dtype), pts, new, 1.0, is_training=False)["instances"])
-    compiled = f.lower(state, x).compile()
+
+    def program(dt):
+        f = lambda s, x: nnx.merge(graphdef, s)(x.astype(dt), pts, new, 1.0, is_training=False)["instances"]
+        return jax.jit(f, compiler_options=_opts()).lower(state, x).compile()
+
+    compiled = program(jnp.dtype(dtype))
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", float("nan")))
     t = _timeit(lambda: compiled(state, x).block_until_ready(), repeats)
-    return {"bench": "forward", "model": name, "input": f"{batch}x{h}x{w}", "dtype": dtype, **t,
-            "gflop": flops / 1e9, "gflops_per_s": flops / 1e9 / t["median_s"]}
+    row = {"bench": "forward", "model": name, "input": f"{batch}x{h}x{w}", "dtype": dtype, **t,
+           "gflop": flops / 1e9, "gflops_per_s": flops / 1e9 / t["median_s"]}
+    if dtype != "float32":  # the reduced-precision forward against float32 on the same input
+        ref = np.asarray(program(jnp.float32)(state, x), np.float32)
+        out = np.asarray(compiled(state, x), np.float32)
+        err = np.abs(out - ref)
+        row.update({"max_abs_logit_err_vs_f32": float(err.max()), "mean_abs_logit_err_vs_f32": float(err.mean()),
+                    "max_abs_logit_f32": float(np.abs(ref).max()),
+                    "mask_agreement_vs_f32": float(np.mean((out > 0) == (ref > 0)))})
+    return row
 
 
-def click_row(model, repeats, data_root):
-    """One predictor click with zoom-in (GrabCut 700/3.0) and flip, second click of a session."""
+def _grabcut_480x640(data_root):
+    """The first 480x640 GrabCut sample (its zoom-in ROI scales to a 525x700 network input)."""
+    from fcfi_jax.data.readers import get_dataset
+
+    ds = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))
+    for i in range(len(ds)):
+        s = ds[i]
+        if s.image.shape[:2] == (480, 640):
+            return s
+    return ds[0]
+
+
+def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
+    """Predictor clicks with flip in the official GrabCut setting (zoom-in 700 / 3.0, flip TTA): the first
+    click of a 480x640 image (no zoom: network input 2x480x640) and a later click zoomed to 2x525x700."""
+    import jax.numpy as jnp
     import numpy as np
 
-    from fcfi_jax.data.readers import get_dataset
     from fcfi_jax.inference.predictor import Predictor
-    from fcfi_jax.inference.runner import CanvasRunner
+    from fcfi_jax.inference.runner import CanvasRunner, canvas_size
 
-    sample = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))[0]
-    pred = Predictor(CanvasRunner(model), zoom_in=(700, 3.0), with_flip=True)
+    sample = _grabcut_480x640(data_root)
+    runner = CanvasRunner(model, step=canvas_step, dtype=jnp.dtype(dtype))
+    pred = Predictor(runner, zoom_in=(700, 3.0), with_flip=True)
     pred.set_image(sample.image)
     ys, xs = np.nonzero(sample.gt == 1)
     y, x = int(ys.mean()), int(xs.mean())
-    pred.add_click(y, x, True)
 
-    def click():
+    def canvas(shape):
+        return "x".join(map(str, canvas_size(shape[1], shape[2], canvas_step))) if canvas_step else "exact"
+
+    def first():
+        pred.reset()
+        pred.add_click(y, x, True)
+
+    t = _timeit(first, repeats)
+    shape = pred.net_input_shape
+    rows = [{"bench": "click_first_flip", "model": "hrnet18s", "input": "x".join(map(str, shape[:3])),
+             "canvas": canvas(shape), "zoom_in": "700,3.0", "flip": True, "dtype": dtype, **t,
+             "xla_compilations": runner.xla_compilations}]
+    # A second click inside a zoom ROI: with the ground truth as the previous mask, the ROI is the object's
+    # box expanded 3x (clamped to the image), and the network input is that ROI scaled to 700 on its long side.
+    pred.reset()
+    pred.add_click(y, x, True)
+    gt = (sample.gt == 1).astype(np.float32)
+    pred._probs = gt
+    pred.zoom.prev_probs = gt
+
+    def zoomed():
         pred.add_click(y, x, True)
         pred.undo()
 
-    t = _timeit(click, repeats)
-    return {"bench": "predictor_click", "input": str(pred.net_input_shape), "zoom_in": "700,3.0", "flip": True, **t}
+    pred.add_click(y, x, True)
+    shape = pred.net_input_shape
+    pred.undo()
+    t = _timeit(zoomed, repeats)
+    rows.append({"bench": "click_zoom_flip", "model": "hrnet18s", "input": "x".join(map(str, shape[:3])),
+                 "canvas": canvas(shape), "zoom_in": "700,3.0", "flip": True, "dtype": dtype, **t,
+                 "xla_compilations": runner.xla_compilations})
+    return rows
 
 
-def eval_row(model, n_images, data_root):
+def eval_row(model, n_images, data_root, canvas_step):
     from fcfi_jax.data.readers import get_dataset
     from fcfi_jax.evaluation.evaluate import build_predictor, evaluate_dataset
 
     ds = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))
-    pred = build_predictor(model, "GrabCut")
+    pred = build_predictor(model, "GrabCut", canvas_step=canvas_step)
     t0 = time.perf_counter()
-    r = evaluate_dataset(pred, ds, 20, range(n_images), progress=False)
+    r = evaluate_dataset(pred, ds, 20, range(min(n_images, len(ds))), progress=False)
     total = time.perf_counter() - t0
-    return {"bench": "eval_grabcut", "images": n_images, "clicks": 20 * n_images, "total_s": total,
-            "s_per_click": total / (20 * n_images), "xla_compilations": pred.net.xla_compilations,
-            "NoC@90": r["NoC"]["NoC@90"]}
+    n = r["n_samples"]
+    return {"bench": "eval_grabcut", "model": "hrnet18s", "images": n, "clicks": 20 * n, "total_s": total,
+            "s_per_click": total / (20 * n), "model_s_per_click": r["timing"]["model_seconds_per_click"],
+            "canvas_step": canvas_step, "xla_compilations": pred.net.xla_compilations, "NoC@90": r["NoC"]["NoC@90"]}
+
+
+def train_row(name, size, batch, repeats, dtype):
+    """Samples/s of the jitted training step (click simulation + forward/backward + Adam, official losses),
+    compiled with this package's compiler options (`FCFI_JAX_XLA_DEFAULTS=1` for XLA's)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from fcfi_jax.training.train import ModelParts, make_train_step
+
+    parts = ModelParts(_released(name))
+    schedule = optax.constant_schedule(5e-4)
+    tx = optax.adam(schedule)
+    state = parts.init_state(tx)
+    step = make_train_step(parts, tx, schedule, max_num_next_clicks=3, feedback_weight=0.2, seed=0,
+                           compute_dtype=jnp.dtype(dtype))
+    h, w = size
+    rng = np.random.default_rng(0)
+    gt = np.zeros((batch, h, w, 1), np.float32)
+    gt[:, h // 4:3 * h // 4, w // 4:3 * w // 4] = 1
+    points = np.full((batch, 48, 3), -1, np.float32)
+    points[:, 0] = (h // 2, w // 2, 0)
+    data = {"images": jnp.asarray(rng.random((batch, h, w, 3), dtype=np.float32)), "instances": jnp.asarray(gt),
+            "points": jnp.asarray(points)}
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0,), compiler_options=_opts()).lower(state, data).compile()
+    compile_s = time.perf_counter() - t0
+    box = {"state": state}
+
+    def one():
+        box["state"], m = compiled(box["state"], data)
+        jax.block_until_ready(m)
+
+    t = _timeit(one, repeats)
+    return {"bench": "train_step", "model": name, "input": f"{batch}x{h}x{w}", "dtype": dtype, **t,
+            "samples_per_s": batch / t["median_s"], "compile_s": compile_s,
+            "note": "0-3 simulated clicks per step (drawn per step, as in training)"}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--what", default="forward,click", help="comma list of forward, click, eval")
+    p.add_argument("--what", default="forward,click", help="comma list of forward, click, eval, train")
     p.add_argument("--models", default="hrnet18s,r101")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights for hrnet18s (official .pth or converted directory; default: random weights of "
+                        "the released architecture). Speed does not depend on them; the bfloat16 error does")
     p.add_argument("--sizes", default="320x480,480x640")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--canvas-step", type=int, default=32,
+                   help="canvas bucket of the click and eval rows (the evaluation CLI's default); 0 = exact shapes")
     p.add_argument("--eval-images", type=int, default=2)
+    p.add_argument("--train-size", default="320x480")
+    p.add_argument("--wait-idle", type=float, default=0.0, metavar="FRACTION",
+                   help="before each timed run wait (<= 30 s) until this fraction of the CPUs is idle")
     p.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     p.add_argument("--output", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     import jax
 
+    _IDLE["threshold"] = args.wait_idle
     what = set(args.what.split(","))
-    rows = []
-    models = {}
-    for name in args.models.split(","):
+    unknown = what - {"forward", "click", "eval", "train"}
+    if unknown:
+        p.error(f"unknown --what {sorted(unknown)}; choose from forward, click, eval, train")
+    names = args.models.split(",")
+    for name in names:
         if name not in MODELS:
             p.error(f"unknown model {name!r}; choose from {MODELS}")
-        models[name] = _released(name)
+    models = {}
+    if what & {"forward", "click", "eval"}:
+        for name in names:
+            if name == "hrnet18s" and args.checkpoint:
+                import fcfi_jax
+
+                models[name] = fcfi_jax.load_model(args.checkpoint)
+            else:
+                models[name] = _released(name)
+    step = args.canvas_step or None
+    rows = []
+
+    def emit(row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
     if "forward" in what:
         for name, model in models.items():
             for s in args.sizes.split(","):
                 h, w = (int(v) for v in s.split("x"))
-                rows.append(forward_row(model, name, (h, w), args.batch, args.repeats, args.dtype))
-                print(json.dumps(rows[-1]), flush=True)
+                emit(forward_row(model, name, (h, w), args.batch, args.repeats, args.dtype, args.data_root))
     if "click" in what and "hrnet18s" in models:
-        rows.append(click_row(models["hrnet18s"], max(3, args.repeats // 3), args.data_root))
-        print(json.dumps(rows[-1]), flush=True)
+        for row in click_rows(models["hrnet18s"], max(3, args.repeats // 3), args.data_root, step, args.dtype):
+            emit(row)
     if "eval" in what and "hrnet18s" in models:
-        rows.append(eval_row(models["hrnet18s"], args.eval_images, args.data_root))
-        print(json.dumps(rows[-1]), flush=True)
+        emit(eval_row(models["hrnet18s"], args.eval_images, args.data_root, step))
+    if "train" in what:
+        h, w = (int(v) for v in args.train_size.split("x"))
+        for name in names:
+            emit(train_row(name, (h, w), args.batch, max(3, args.repeats // 3), args.dtype))
     env = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-           "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__}
-    print(f"\nbackend {env['backend']} ({len(env['devices'])} device(s))")
-    print(f"{'bench':16s} {'model':9s} {'input':22s} {'median':>9s} {'min..max':>17s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
+           "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
+           "compiler_options": _opts()}
+    if _IDLE["seen"]:
+        env["idle_fraction_before_runs"] = {"min": min(_IDLE["seen"]), "median": statistics.median(_IDLE["seen"])}
+    print(f"\nbackend {env['backend']} ({len(env['devices'])} device(s)), compiler options {env['compiler_options']}")
+    if _IDLE["seen"]:
+        print(f"idle fraction of the CPUs before the timed runs: min {env['idle_fraction_before_runs']['min']:.2f}, "
+              f"median {env['idle_fraction_before_runs']['median']:.2f}")
+    print(f"{'bench':17s} {'model':9s} {'input':12s} {'dtype':8s} {'median':>8s} {'min..max':>16s} {'GFLOP':>6s} "
+          f"{'GFLOP/s':>7s}  notes")
     for r in rows:
         if "median_s" in r:
-            print(f"{r['bench']:16s} {r.get('model', ''):9s} {r['input']:22s} {r['median_s']:8.3f}s "
-                  f"{r['min_s']:7.3f}..{r['max_s']:<7.3f}s {r.get('gflop', float('nan')):7.1f} "
-                  f"{r.get('gflops_per_s', float('nan')):8.1f}")
+            notes = []
+            if "canvas" in r:
+                notes.append(f"canvas {r['canvas']}, {r['xla_compilations']} compilation(s)")
+            if "max_abs_logit_err_vs_f32" in r:
+                notes.append(f"max|logit err| vs f32 {r['max_abs_logit_err_vs_f32']:.3g} "
+                             f"(max|logit| {r['max_abs_logit_f32']:.3g}, mask agreement {r['mask_agreement_vs_f32']:.5f})")
+            if "samples_per_s" in r:
+                notes.append(f"{r['samples_per_s']:.2f} samples/s, compile {r['compile_s']:.0f}s")
+            print(f"{r['bench']:17s} {r.get('model', ''):9s} {r['input']:12s} {r['dtype']:8s} {r['median_s']:7.3f}s "
+                  f"{r['min_s']:6.3f}..{r['max_s']:<7.3f}s {r.get('gflop', float('nan')):6.1f} "
+                  f"{r.get('gflops_per_s', float('nan')):7.1f}  {'; '.join(notes)}")
         else:
-            print(f"{r['bench']:16s} {'hrnet18s':9s} {str(r['images']) + ' images':22s} {r['s_per_click']:8.3f}s/click "
-                  f"total {r['total_s']:.0f}s, {r['xla_compilations']} compilations")
+            print(f"{r['bench']:17s} {'hrnet18s':9s} {str(r['images']) + ' images':12s} {'float32':8s} "
+                  f"{r['s_per_click']:7.3f}s/click (model {r['model_s_per_click']:.3f}s), total {r['total_s']:.0f}s, "
+                  f"canvas step {r['canvas_step']}, {r['xla_compilations']} compilations, NoC@90 {r['NoC@90']:.2f}")
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"env": env, "results": rows}, f, indent=1)
