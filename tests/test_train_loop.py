@@ -180,7 +180,7 @@ def test_two_processes_of_four_devices_equal_one_device(shared, reference):
     env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     workdir = root / "two_processes"
     port = _free_port()
-    procs = [subprocess.Popen(_cmd(workdir, data, "--config.total_steps=2", "--config.checkpoint_every_steps=1",
+    procs = [subprocess.Popen(_cmd(workdir, data, "--config.total_steps=1", "--config.checkpoint_every_steps=1",
                                    f"--coordinator_address=127.0.0.1:{port}",
                                    "--num_processes=2", f"--process_id={i}"),
                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
