@@ -37,6 +37,17 @@ def _inputs(h, w, rng, n=2):
     return x, pts, new
 
 
+def _assert_same_outputs(exact, runner, h, w, rng, rtol, what):
+    """runner's outputs for a random h x w input equal the exact-size forward's, relative to the output scale
+    (random small models reach |logits| ~ 1e8)."""
+    args = _inputs(h, w, rng)
+    a, b = exact(*args, 1.0), runner(*args, 1.0)
+    for k in CanvasRunner.OUTPUTS:
+        assert b[k].shape == (2, h, w, 1)
+        err = float(np.abs(a[k] - b[k]).max()) / max(1.0, float(np.abs(a[k]).max()))
+        assert err < rtol, f"{k} at {h}x{w}: {what} differs from the exact forward by {err} (relative)"
+
+
 @pytest.mark.parametrize("cfg", [SMALL_HRNET, SMALL_DEEPLAB], ids=["hrnet", "deeplab"])
 def test_canvas_equals_exact_and_compiles_once(cfg):
     model = build_model(cfg, seed=1)
@@ -46,13 +57,7 @@ def test_canvas_equals_exact_and_compiles_once(cfg):
     sizes = [(101, 127), (128, 97), (77, 128), (120, 119)]  # all inside one 128x128 canvas
     for h, w in sizes:
         assert canvas_size(h, w, 128) == (128, 128)
-        args = _inputs(h, w, rng)
-        a, b = exact(*args, 1.0), canvas(*args, 1.0)
-        for k in CanvasRunner.OUTPUTS:
-            assert b[k].shape == (2, h, w, 1)
-            # relative to the output scale: random small models reach |logits| ~ 1e8
-            err = float(np.abs(a[k] - b[k]).max()) / max(1.0, float(np.abs(a[k]).max()))
-            assert err < 1e-5, f"{k} at {h}x{w}: canvas differs from exact forward by {err} (relative)"
+        _assert_same_outputs(exact, canvas, h, w, rng, 1e-5, "canvas run")
     assert canvas.xla_compilations == 1
     assert exact.xla_compilations == len(sizes)
 
@@ -66,13 +71,8 @@ def test_portrait_runs_transposed_on_the_landscape_canvas(cfg):
     exact, canvas = CanvasRunner(model, step=None), CanvasRunner(model, step=32)
     rng = np.random.default_rng(1)
     for h, w in [(93, 61), (61, 90)]:
-        args = _inputs(h, w, rng)
-        a, b = exact(*args, 1.0), canvas(*args, 1.0)
-        for k in CanvasRunner.OUTPUTS:
-            assert b[k].shape == (2, h, w, 1)
-            # The transposed kernels sum in another order: float noise, measured up to 1.6e-5 (the plain canvas
-            # run is bit-equal here); a wrong transposition (e.g. of the input only) gives errors of ~0.5.
-            err = float(np.abs(a[k] - b[k]).max()) / max(1.0, float(np.abs(a[k]).max()))
-            assert err < 1e-4, f"{k} at {h}x{w}: transposed canvas run differs from exact forward by {err}"
+        # The transposed kernels sum in another order: float noise, measured up to 1.6e-5 (the plain canvas
+        # run is bit-equal here); a wrong transposition (e.g. of the input only) gives errors of ~0.5.
+        _assert_same_outputs(exact, canvas, h, w, rng, 1e-4, "transposed canvas run")
     assert canvas.canvases == {(2, 64, 96, (2, 4, 3), (2, 1, 3))}
     assert canvas.xla_compilations == 1

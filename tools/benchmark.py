@@ -118,9 +118,7 @@ def forward_row(model, name, size, batch, repeats, dtype, data_root="."):
         return jax.jit(f, compiler_options=_opts()).lower(state, x).compile()
 
     compiled = program(jnp.dtype(dtype))
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", float("nan")))
+    flops = _flops(compiled)
     t = _timeit(lambda: compiled(state, x).block_until_ready(), repeats)
     row = {"bench": "forward", "model": name, "input": f"{batch}x{h}x{w}", "dtype": dtype, **t,
            "gflop": flops / 1e9, "gflops_per_s": flops / 1e9 / t["median_s"]}
@@ -144,6 +142,27 @@ def _grabcut_480x640(data_root):
         if s.image.shape[:2] == (480, 640):
             return s
     return ds[0]
+
+
+def _flops(compiled):
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def _click_gflop(runner, shape):
+    """XLA's FLOP count of the program that served a click whose network input had `shape` (B, H, W, C)."""
+    from fcfi_jax.inference.runner import canvas_size
+
+    b, h, w = shape[:3]
+    if runner.transpose_portrait and h > w:
+        h, w = w, h
+    dims = (h, w) if runner.step is None else canvas_size(h, w, runner.step)
+    for key in runner.canvases:
+        if tuple(key[:3]) == (b, *dims) or (key[0] == "exact" and tuple(key[1][:3]) == (b, *dims)):
+            pts, new = key[-2], key[-1]
+            return _flops(runner.compiled((b, h, w, shape[3]), pts, new)) / 1e9
+    return float("nan")
 
 
 def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
@@ -171,9 +190,10 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
 
     t = _timeit(first, repeats)
     shape = pred.net_input_shape
+    gflop = _click_gflop(runner, shape)
     rows = [{"bench": "click_first_flip", "model": "hrnet18s", "input": "x".join(map(str, shape[:3])),
              "canvas": canvas(shape), "zoom_in": "700,3.0", "flip": True, "dtype": dtype, **t,
-             "xla_compilations": runner.xla_compilations}]
+             "xla_compilations": runner.xla_compilations, "gflop": gflop, "gflops_per_s": gflop / t["median_s"]}]
     # A second click inside a zoom ROI: with the ground truth as the previous mask, the ROI is the object's
     # box expanded 3x (clamped to the image), and the network input is that ROI scaled to 700 on its long side.
     pred.reset()
@@ -190,9 +210,11 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
     shape = pred.net_input_shape
     pred.undo()
     t = _timeit(zoomed, repeats)
+    gflop = _click_gflop(runner, shape)
     rows.append({"bench": "click_zoom_flip", "model": "hrnet18s", "input": "x".join(map(str, shape[:3])),
                  "canvas": canvas(shape), "zoom_in": "700,3.0", "flip": True, "dtype": dtype, **t,
-                 "xla_compilations": runner.xla_compilations})
+                 "xla_compilations": runner.xla_compilations, "gflop": gflop,
+                 "gflops_per_s": gflop / t["median_s"]})
     return rows
 
 
@@ -246,7 +268,9 @@ def train_row(name, size, batch, repeats, dtype):
         jax.block_until_ready(m)
 
     t = _timeit(one, repeats)
+    gflop = _flops(compiled) / 1e9  # the click-simulation loop (0-3 forwards, drawn per step) as XLA counts it
     return {"bench": "train_step", "model": name, "input": f"{batch}x{h}x{w}", "dtype": dtype, **t,
+            "gflop": gflop, "gflops_per_s": gflop / t["median_s"],
             "samples_per_s": batch / t["median_s"], "compile_s": compile_s,
             "note": "0-3 simulated clicks per step (drawn per step, as in training)"}
 

@@ -82,18 +82,25 @@ class CanvasRunner:
         """Programs XLA actually compiled for this runner (jit cache entries)."""
         return self._forward._cache_size() + self._forward_exact._cache_size()
 
-    def compiled_text(self, x_shape, points_shape, new_points_shape) -> str:
-        """Optimized HLO of the program that serves inputs of these shapes (for tools/profile.py)."""
+    def compiled(self, x_shape, points_shape, new_points_shape):
+        """The compiled program that serves inputs of these shapes (for tools/profile.py and FLOP counts)."""
         b, h, w, c = x_shape
+        if self.transpose_portrait and h > w:
+            h, w = w, h
         f32 = jax.ShapeDtypeStruct
         if self.step is None:
-            lowered = self._forward_exact.lower(self.state, f32(x_shape, jnp.float32), f32(points_shape, jnp.float32),
-                                                f32(new_points_shape, jnp.int32), f32((), jnp.float32))
+            lowered = self._forward_exact.lower(self.state, f32((b, h, w, c), jnp.float32),
+                                                f32(points_shape, jnp.float32), f32(new_points_shape, jnp.int32),
+                                                f32((), jnp.float32))
         else:
             ch, cw = canvas_size(h, w, self.step)
             lowered = self._forward.lower(self.state, f32((b, ch, cw, c), jnp.float32), f32(points_shape, jnp.float32),
                                           f32(new_points_shape, jnp.int32), f32((), jnp.float32), f32((4,), jnp.int32))
-        return lowered.compile().as_text()
+        return lowered.compile()
+
+    def compiled_text(self, x_shape, points_shape, new_points_shape) -> str:
+        """Optimized HLO of the program that serves inputs of these shapes (for tools/profile.py)."""
+        return self.compiled(x_shape, points_shape, new_points_shape).as_text()
 
     def transposed_state(self):
         """The weights with every k x k kernel (HWIO) transposed to WHIO, for transposed inputs."""
