@@ -91,7 +91,13 @@ def profile(fn, runs, hlo_text, top, out=sys.stdout):
     """Profile `fn()` (already warm) `runs` times; print the top instructions and the per-category totals."""
     import jax
 
+    import time
+
     instrs, comps = _hlo_index(hlo_text)
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    wall_ms = (time.perf_counter() - t0) / runs * 1e3
     with tempfile.TemporaryDirectory() as d:
         with jax.profiler.trace(d):
             for _ in range(runs):
@@ -112,7 +118,10 @@ def profile(fn, runs, hlo_text, top, out=sys.stdout):
         rows.append((ms, name, cat, desc))
     rows.sort(reverse=True)
     print(f"sum of per-op time per run: {total:.1f} ms over {len(tot)} instructions "
-          f"(ops run concurrently on the thread pool can overlap)", file=out)
+          f"(ops run concurrently on the thread pool can overlap); wall time per run {wall_ms:.1f} ms", file=out)
+    print("note: on CPU the convolutions run as asynchronous Eigen tasks whose events cover little of their "
+          "time, so the\nconvolution total is far too low; the gap to the wall time is mostly convolution "
+          "(time them alone to compare)", file=out)
     print("\nby category:", file=out)
     for cat, ms in cats.most_common():
         print(f"  {cat:16s} {ms:8.1f} ms  {100 * ms / max(total, 1e-9):5.1f}%", file=out)
