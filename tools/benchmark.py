@@ -150,21 +150,6 @@ def _flops(compiled):
     return float(cost.get("flops", float("nan")))
 
 
-def _click_gflop(runner, shape):
-    """XLA's FLOP count of the program that served a click whose network input had `shape` (B, H, W, C)."""
-    from fcfi_jax.inference.runner import canvas_size
-
-    b, h, w = shape[:3]
-    if runner.transpose_portrait and h > w:
-        h, w = w, h
-    dims = (h, w) if runner.step is None else canvas_size(h, w, runner.step)
-    for key in runner.canvases:
-        if tuple(key[:3]) == (b, *dims) or (key[0] == "exact" and tuple(key[1][:3]) == (b, *dims)):
-            pts, new = key[-2], key[-1]
-            return _flops(runner.compiled((b, h, w, shape[3]), pts, new)) / 1e9
-    return float("nan")
-
-
 def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
     """Predictor clicks with flip in the official GrabCut setting (zoom-in 700 / 3.0, flip TTA): the first
     click of a 480x640 image (no zoom: network input 2x480x640) and a later click zoomed to 2x525x700."""
@@ -188,12 +173,16 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
         pred.reset()
         pred.add_click(y, x, True)
 
+    def row(bench, t, shape, keys_before):
+        """The timed click's row; FLOPs from the program that served it (the canvas it added)."""
+        (key,) = runner.canvases - keys_before
+        gflop = _flops(runner.compiled(shape, key[-2], key[-1])) / 1e9
+        return {"bench": bench, "model": "hrnet18s", "input": "x".join(map(str, shape[:3])),
+                "canvas": canvas(shape), "zoom_in": "700,3.0", "flip": True, "dtype": dtype, **t,
+                "xla_compilations": runner.xla_compilations, "gflop": gflop, "gflops_per_s": gflop / t["median_s"]}
+
     t = _timeit(first, repeats)
-    shape = pred.net_input_shape
-    gflop = _click_gflop(runner, shape)
-    rows = [{"bench": "click_first_flip", "model": "hrnet18s", "input": "x".join(map(str, shape[:3])),
-             "canvas": canvas(shape), "zoom_in": "700,3.0", "flip": True, "dtype": dtype, **t,
-             "xla_compilations": runner.xla_compilations, "gflop": gflop, "gflops_per_s": gflop / t["median_s"]}]
+    rows = [row("click_first_flip", t, pred.net_input_shape, set())]
     # A second click inside a zoom ROI: with the ground truth as the previous mask, the ROI is the object's
     # box expanded 3x (clamped to the image), and the network input is that ROI scaled to 700 on its long side.
     pred.reset()
@@ -206,15 +195,11 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
         pred.add_click(y, x, True)
         pred.undo()
 
+    before = set(runner.canvases)
     pred.add_click(y, x, True)
-    shape = pred.net_input_shape
+    shape = pred.net_input_shape  # undo restores the previous click's shape
     pred.undo()
-    t = _timeit(zoomed, repeats)
-    gflop = _click_gflop(runner, shape)
-    rows.append({"bench": "click_zoom_flip", "model": "hrnet18s", "input": "x".join(map(str, shape[:3])),
-                 "canvas": canvas(shape), "zoom_in": "700,3.0", "flip": True, "dtype": dtype, **t,
-                 "xla_compilations": runner.xla_compilations, "gflop": gflop,
-                 "gflops_per_s": gflop / t["median_s"]})
+    rows.append(row("click_zoom_flip", _timeit(zoomed, repeats), shape, before))
     return rows
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -90,8 +91,6 @@ def _describe(name, instrs, comps):
 def profile(fn, runs, hlo_text, top, out=sys.stdout):
     """Profile `fn()` (already warm) `runs` times; print the top instructions and the per-category totals."""
     import jax
-
-    import time
 
     instrs, comps = _hlo_index(hlo_text)
     t0 = time.perf_counter()

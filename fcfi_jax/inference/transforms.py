@@ -31,16 +31,6 @@ def ac_taps(n_out: int, n_in: int):
     return i0, i1, lam0, lam1
 
 
-def ac_weights(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) float32 interpolation matrix of `ac_taps` (i1 == i0 on the last row: weights add)."""
-    i0, i1, lam0, lam1 = ac_taps(n_out, n_in)
-    m = np.zeros((n_out, n_in), np.float32)
-    rows = np.arange(n_out)
-    np.add.at(m, (rows, i0), lam0)
-    np.add.at(m, (rows, i1), lam1)
-    return m
-
-
 def resize_ac(x, size) -> np.ndarray:
     """Resize axes 0 and 1 of an (H, W) or (H, W, C) array to `size` = (h, w), as
     torch.nn.functional.interpolate(mode='bilinear', align_corners=True) does, in float32.
