@@ -47,7 +47,9 @@ def test_cli_writes_reports(data_dir, tmp_path, capsys):
             assert len(s["iou"]) == len(s["clicks"]) == 3
             h, w = s["image_hw"]
             assert all(0 <= y < h and 0 <= x < w for y, x, _ in s["clicks"])
-        assert r["protocol"]["compilations"] >= 1
+        assert r["protocol"]["compilations"] >= 0 and r["protocol"]["calls_on_a_larger_canvas"] >= 0
+    # One runner serves both datasets: a canvas compiled for GrabCut is not compiled again for Berkeley.
+    assert sum(r["protocol"]["compilations"] for r in results) >= 1
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [row["dataset"] for row in rows] == ["GrabCut", "Berkeley"]
     assert (out / "miou.png").stat().st_size > 1000

@@ -139,7 +139,7 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--top", type=int, default=30)
-    p.add_argument("--canvas-step", type=int, default=32, help="canvas bucket of the click program (0: exact shape)")
+    p.add_argument("--canvas-step", type=int, default=16, help="canvas bucket of the click program (0: exact shape)")
     p.add_argument("--dump", default=None, help="write the optimized HLO text here")
     args = p.parse_args(argv)
 
