@@ -6,6 +6,7 @@
         --checkpoint ../shared/fixtures/hrnet18s_clicky.pth              # + max |logit error| vs float32
     python tools/benchmark.py --what click --canvas-step 128            # first click and zoom-in + flip click
     python tools/benchmark.py --what eval --eval-images 50              # the GrabCut NoC evaluation, end to end
+    python tools/benchmark.py --what eval --eval-images 50 --cache-dir /tmp/xla  # ... with a persistent cache
     python tools/benchmark.py --what train --models hrnet18s --batch 8  # train-step samples/s at 320x480
 
 Every timing is taken after warm-up (compilation excluded) with the device synchronised; the table shows
@@ -203,9 +204,13 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
     return rows
 
 
-def eval_row(model, n_images, data_root, canvas_step):
+def eval_row(model, n_images, data_root, canvas_step, cache_dir=None):
     from fcfi_jax.data.readers import get_dataset
     from fcfi_jax.evaluation.evaluate import build_predictor, evaluate_dataset
+    from fcfi_jax.inference.runner import enable_compilation_cache
+
+    if cache_dir:
+        enable_compilation_cache(cache_dir)
 
     ds = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))
     pred = build_predictor(model, "GrabCut", canvas_step=canvas_step)
@@ -217,6 +222,7 @@ def eval_row(model, n_images, data_root, canvas_step):
             "s_per_click": total / (20 * n), "model_s_per_click": r["timing"]["model_seconds_per_click"],
             "canvas_step": canvas_step, "xla_compilations": pred.net.xla_compilations,
             "first_call_s": pred.net.first_call_seconds, "calls_on_a_larger_canvas": pred.net.reused_calls,
+            "compilation_cache": cache_dir,
             "NoC@90": r["NoC"]["NoC@90"]}
 
 
@@ -276,6 +282,8 @@ def main(argv=None):
                    help="canvas bucket of the click and eval rows (the evaluation CLI's default); 0 = exact shapes")
     p.add_argument("--eval-images", type=int, default=2)
     p.add_argument("--train-size", default="320x480")
+    p.add_argument("--cache-dir", default=None,
+                   help="JAX persistent compilation cache for the eval row (a second run loads, not compiles)")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="FRACTION",
                    help="before each timed run wait (<= 30 s) until this fraction of the CPUs is idle")
     p.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -317,7 +325,7 @@ def main(argv=None):
         for row in click_rows(models["hrnet18s"], max(3, args.repeats // 3), args.data_root, step, args.dtype):
             emit(row)
     if "eval" in what and "hrnet18s" in models:
-        emit(eval_row(models["hrnet18s"], args.eval_images, args.data_root, step))
+        emit(eval_row(models["hrnet18s"], args.eval_images, args.data_root, step, args.cache_dir))
     if "train" in what:
         h, w = (int(v) for v in args.train_size.split("x"))
         for name in names:
