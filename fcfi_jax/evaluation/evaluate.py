@@ -187,11 +187,9 @@ def main(argv=None):
             return 2
 
     import fcfi_jax
-    from fcfi_jax.inference.runner import enable_compilation_cache
+    from fcfi_jax.inference.runner import CanvasRunner, enable_compilation_cache
 
     enable_compilation_cache(args.cache_dir)
-    from fcfi_jax.inference.runner import CanvasRunner
-
     model = fcfi_jax.load_model(args.checkpoint)
     runner = CanvasRunner(model, step=args.canvas_step or None)  # shared: a canvas compiles once for all datasets
     results = []
@@ -200,16 +198,17 @@ def main(argv=None):
         predictor = build_predictor(model, ds.name, zoom, not args.no_flip, runner=runner)
         idx = list(range(0, len(ds), args.every))[:args.limit]
         r = evaluate_dataset(predictor, ds, args.n_clicks, idx)
+        compiled = runner.compile_count - compiled_before
         r["protocol"] = {"checkpoint": str(args.checkpoint), "zoom_in": predictor.zoom and
                          [predictor.zoom.target_size, predictor.zoom.expansion_ratio],
                          "with_flip": not args.no_flip, "n_clicks": args.n_clicks, "pred_thr": 0.49,
-                         "canvas_step": args.canvas_step, "compilations": runner.compile_count - compiled_before,
+                         "canvas_step": args.canvas_step, "compilations": compiled,
                          "calls_on_a_larger_canvas": runner.reused_calls - reused_before}
         results.append(r)
         print(f"{ds.name}: NoC@80 {r['NoC']['NoC@80']:.2f}  NoC@85 {r['NoC']['NoC@85']:.2f}  "
               f"NoC@90 {r['NoC']['NoC@90']:.2f}  NoF@90 {r[f'>={args.n_clicks}']['@90']}  "
               f"SPC {r['timing']['wall_seconds_per_click']:.2f}s (model {r['timing']['model_seconds_per_click']:.2f}s)"
-              f"  compilations {runner.compile_count - compiled_before}")
+              f"  compilations {compiled}")
     write_reports(results, args.output)
     print(f"wrote {args.output}/results.json, summary.csv, miou.png")
     return 0

@@ -157,9 +157,10 @@ class CanvasRunner:
         """The canvas key that serves an h x w input: its own bucket, or a larger compiled one (ski rental)."""
         ch, cw = canvas_size(h, w, self.step)
         own = (b, ch, cw, points_shape, new_points_shape)
-        larger = [k for k in self.canvases
-                  if k[0] == b and k[3:] == own[3:] and k[1] >= ch and k[2] >= cw and k != own]
-        if own in self.canvases or not larger or not self.compile_cost_mpx:
+        if own in self.canvases or not self.compile_cost_mpx:
+            return own
+        larger = [k for k in self.canvases if k[0] == b and k[3:] == own[3:] and k[1] >= ch and k[2] >= cw]
+        if not larger:
             return own
         best = min(larger, key=lambda k: (k[1] * k[2], k))
         wasted = self._wasted_mpx.get(own, 0.0) + b * (best[1] * best[2] - ch * cw) / 1e6
