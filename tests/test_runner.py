@@ -41,11 +41,17 @@ def _assert_same_outputs(exact, runner, h, w, rng, rtol, what):
     """runner's outputs for a random h x w input equal the exact-size forward's, relative to the output scale
     (random small models reach |logits| ~ 1e8)."""
     args = _inputs(h, w, rng)
-    a, b = exact(*args, 1.0), runner(*args, 1.0)
+    want = exact(*args, 1.0)
+    assert all(want[k].shape == (2, h, w, 1) for k in CanvasRunner.OUTPUTS)
+    _assert_close(runner(*args, 1.0), want, rtol, f"at {h}x{w}: {what} differs from the exact forward")
+
+
+def _assert_close(got, want, rtol, what):
+    """Every output of `got` has `want`'s shape and equals it up to rtol of the output scale."""
     for k in CanvasRunner.OUTPUTS:
-        assert b[k].shape == (2, h, w, 1)
-        err = float(np.abs(a[k] - b[k]).max()) / max(1.0, float(np.abs(a[k]).max()))
-        assert err < rtol, f"{k} at {h}x{w}: {what} differs from the exact forward by {err} (relative)"
+        assert got[k].shape == want[k].shape
+        err = float(np.abs(got[k] - want[k]).max()) / max(1.0, float(np.abs(want[k]).max()))
+        assert err < rtol, f"{k} {what} by {err} (relative)"
 
 
 @pytest.mark.parametrize("cfg", [SMALL_HRNET, SMALL_DEEPLAB], ids=["hrnet", "deeplab"])
@@ -85,9 +91,8 @@ def test_portrait_runs_transposed_on_the_landscape_canvas(cfg):
     args = _inputs(93, 61, rng)
     got, want = canvas(*args, 1.0), CanvasRunner(new, step=32)(*args, 1.0)
     assert canvas.xla_compilations == 1
-    for k in CanvasRunner.OUTPUTS:  # the first weights' transposed kernels gave errors of ~0.8 here
-        err = float(np.abs(got[k] - want[k]).max()) / max(1.0, float(np.abs(want[k]).max()))
-        assert err < 1e-6, f"{k}: the portrait run after new weights differs from a fresh runner's by {err}"
+    # The first weights' transposed kernels gave errors of ~0.8 here.
+    _assert_close(got, want, 1e-6, "of the portrait run after new weights differs from a fresh runner's")
     other = SMALL_DEEPLAB if cfg is SMALL_HRNET else SMALL_HRNET
     with pytest.raises(ValueError, match="structure"):
         canvas.state = nnx.state(build_model(other, seed=0))
@@ -109,10 +114,9 @@ def test_smaller_size_rents_a_compiled_canvas_until_its_waste_pays_a_compilation
     assert canvas.canvases == {big} and canvas.reused_calls == 1 and canvas.xla_compilations == 1
     on_own = canvas(*args, 1.0)  # 2 x waste > 1.5 x waste: compiles its own canvas
     assert canvas.canvases == {big, small} and canvas.reused_calls == 1 and canvas.xla_compilations == 2
-    for k in CanvasRunner.OUTPUTS:  # own canvas == exact forward: test_canvas_equals_exact_and_compiles_once
-        assert on_big[k].shape == (2, 61, 90, 1)
-        err = float(np.abs(on_big[k] - on_own[k]).max()) / max(1.0, float(np.abs(on_own[k]).max()))
-        assert err < 1e-5, f"{k}: the 96x128 canvas differs from the 64x96 one by {err} (relative)"
+    assert all(on_big[k].shape == (2, 61, 90, 1) for k in CanvasRunner.OUTPUTS)
+    # (own canvas == exact forward: test_canvas_equals_exact_and_compiles_once)
+    _assert_close(on_big, on_own, 1e-5, "on the 96x128 canvas differs from the 64x96 one")
     # The choice alone (nothing runs): a size with nothing larger compiled, and compile_cost_mpx=0, compile.
     assert canvas._canvas_for(2, 120, 150, (2, 4, 3), (2, 1, 3))[1:3] == (128, 160)
     never = CanvasRunner(model, step=32, compile_cost_mpx=0)
