@@ -26,8 +26,9 @@ EXTRAS_REQUIRE = {
     # torch is only used by tests to cross-check the torch-free checkpoint reader.
     # Exact pin: a looser spec pulls a multi-GB CUDA build.
     # nbclient/nbformat/ipykernel run the Colab notebook headless; playwright drives the system
-    # chromium for the demo's browser test (the test never downloads a browser).
-    "test": ["pytest==9.2.0", "torch==2.13.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+    # chromium for the demo's browser test (the test never downloads a browser). pytest-xdist runs the
+    # suite on two workers (most of its time is single-threaded XLA compilation).
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
              "playwright==1.65.2"],
 }
 
