@@ -22,7 +22,7 @@ from flax import nnx
 from fcfi_jax.models.deeplab import DeepLabV3Plus
 from fcfi_jax.models.fcfi_modules import ffcm_half_size
 from fcfi_jax.models.hrnet import HighResolutionNet
-from fcfi_jax.models.layers import (Conv2d, Holder, apply_mask, down2, leaky_relu, relu, resize_ac,
+from fcfi_jax.models.layers import (Conv2d, Holder, apply_mask, canvas_cache, down2, leaky_relu, relu, resize_ac,
                                     resize_hp, resize_nearest)
 
 MEAN = (0.485, 0.456, 0.406)
@@ -198,12 +198,16 @@ class ISModel(nnx.Module):
                  designated_click_radius: float = -1, canvas=None):
         """See the module docstring. `canvas`: None for exact shapes, or the int32 (4,) array from
         `geometry(true_hw)` when `image` is a zero-padded canvas whose top-left H x W is the input."""
+        with canvas_cache():
+            return self._forward(image, points, new_points, gate, is_training, designated_click_radius, canvas)
+
+    def _forward(self, image, points, new_points, gate, is_training, designated_click_radius, canvas):
         cfg = self.cfg
         size = image.shape[1:3]
         hw = None if canvas is None else canvas[:2]
         geom = None
         if canvas is not None:
-            geom = dict(fb_hw=canvas[:2], ft_hw=down2(down2(canvas[:2])), half=canvas[2:4])
+            geom = dict(fb_hw=hw, ft_hw=down2(down2(hw)), half=canvas[2:4])
         rgb = image[..., :3]
         prev = image[..., 3:4]
         if cfg.binary_prev_mask:
