@@ -2,8 +2,9 @@
 
 Zoom-in changes the network input size from click to click. `CanvasRunner` pads every input into
 the top-left corner of a zero canvas (sizes rounded up to `step`) and passes the true size as a
-traced value; the model keeps everything outside the valid region at zero after every layer, so
-the result equals the exact-size forward (see `ISModel.__call__(canvas=...)`). Compilations are
+traced value, with the valid-region masks of its resolution levels computed here on the host (they make the
+compilation faster: see `layers.canvas_cache`); the model keeps everything outside the valid region at zero
+after every layer, so the result equals the exact-size forward (see `ISModel.__call__(canvas=...)`). Compilations are
 bounded by the number of distinct canvases; the click count never recompiles (points are
 bucketed by the predictor). A portrait input runs transposed on the landscape canvas, with every
 k x k kernel transposed too: the network has no preferred axis (square kernels, symmetric strides and
@@ -20,6 +21,7 @@ counts pixels, not seconds, so which canvas serves a call depends only on the se
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -28,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from fcfi_jax.models.layers import canvas_level_masks
 
 
 def enable_compilation_cache(directory: str | None = None) -> str:
@@ -49,6 +53,15 @@ def default_compile_cost_mpx() -> float:
 def canvas_size(h: int, w: int, step: int) -> tuple[int, int]:
     """Smallest canvas of multiples of `step` holding an h x w input."""
     return int(math.ceil(h / step) * step), int(math.ceil(w / step) * step)
+
+
+@functools.lru_cache(maxsize=32)
+def _level_masks(canvas_hw, true_hw):
+    """`canvas_level_masks`, kept for the sizes met last (read-only)."""
+    masks = canvas_level_masks(canvas_hw, true_hw)
+    for m in masks:
+        m.flags.writeable = False
+    return masks
 
 
 class CanvasRunner:
@@ -84,9 +97,10 @@ class CanvasRunner:
 
         # The forwards take the weights as a flat list of arrays: flattening the nnx.State (~1,600
         # Variables) on every call cost ~7 ms of host time per click.
-        def forward(leaves, x, points, new_points, gate, geometry):
+        def forward(leaves, x, points, new_points, gate, geometry, masks):
             m = nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves))
-            out = m(x.astype(self.dtype), points, new_points, gate, is_training=False, canvas=geometry)
+            out = m(x.astype(self.dtype), points, new_points, gate, is_training=False, canvas=geometry,
+                    canvas_masks=masks)
             return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
 
         def forward_exact(leaves, x, points, new_points, gate):
@@ -131,8 +145,10 @@ class CanvasRunner:
                                                 f32((), jnp.float32))
         else:
             ch, cw = canvas_size(h, w, self.step)
+            masks = [f32(m.shape, jnp.bool_) for m in canvas_level_masks((ch, cw), (h, w))]
             lowered = self._forward.lower(self._leaves, f32((b, ch, cw, c), jnp.float32), f32(points_shape, jnp.float32),
-                                          f32(new_points_shape, jnp.int32), f32((), jnp.float32), f32((4,), jnp.int32))
+                                          f32(new_points_shape, jnp.int32), f32((), jnp.float32), f32((4,), jnp.int32),
+                                          masks)
         return lowered.compile()
 
     def compiled_text(self, x_shape, points_shape, new_points_shape) -> str:
@@ -192,7 +208,8 @@ class CanvasRunner:
             canvas[:, :h, :w] = x
             geometry = self.model.geometry((h, w))
             out = self._forward(leaves, canvas, jnp.asarray(points, jnp.float32),
-                                jnp.asarray(new_points, jnp.int32), jnp.float32(gate), geometry)
+                                jnp.asarray(new_points, jnp.int32), jnp.float32(gate), geometry,
+                                _level_masks((ch, cw), (h, w)))
             res = {k: np.asarray(v)[:, :h, :w] for k, v in out.items()}
         dt = time.perf_counter() - t0
         self.model_seconds += dt

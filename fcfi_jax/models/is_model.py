@@ -195,16 +195,18 @@ class ISModel(nnx.Module):
         return jnp.asarray([true_hw[0], true_hw[1], half[0], half[1]], jnp.int32)
 
     def __call__(self, image, points, new_points, gate, *, is_training: bool = False,
-                 designated_click_radius: float = -1, canvas=None):
+                 designated_click_radius: float = -1, canvas=None, canvas_masks=()):
         """See the module docstring. `canvas`: None for exact shapes, or the int32 (4,) array from
-        `geometry(true_hw)` when `image` is a zero-padded canvas whose top-left H x W is the input."""
-        with canvas_cache():
-            return self._forward(image, points, new_points, gate, is_training, designated_click_radius, canvas)
+        `geometry(true_hw)` when `image` is a zero-padded canvas whose top-left H x W is the input.
+        `canvas_masks`: optionally `layers.canvas_level_masks(canvas_hw, true_hw)`, passed in as arrays
+        (the same result, a faster compilation: see `layers.canvas_cache`)."""
+        hw = None if canvas is None else canvas[:2]
+        with canvas_cache(hw, canvas_masks if canvas is not None else ()):
+            return self._forward(image, points, new_points, gate, is_training, designated_click_radius, canvas, hw)
 
-    def _forward(self, image, points, new_points, gate, is_training, designated_click_radius, canvas):
+    def _forward(self, image, points, new_points, gate, is_training, designated_click_radius, canvas, hw):
         cfg = self.cfg
         size = image.shape[1:3]
-        hw = None if canvas is None else canvas[:2]
         geom = None
         if canvas is not None:
             geom = dict(fb_hw=hw, ft_hw=down2(down2(hw)), half=canvas[2:4])

@@ -31,20 +31,39 @@ _canvas_cache = threading.local()
 
 
 @contextlib.contextmanager
-def canvas_cache():
+def canvas_cache(hw=None, level_masks=()):
     """Within one forward, derive each level's valid size and build its (H, W, 1) mask once.
 
     A canvas forward masks ~650 times on 7 levels and resizes 39 times; building the masks and resize taps
     every time cost ~1.5 s of the ~3.7 s it took to trace and lower the zoom-in click program. Entries are
     keyed by the identity of the `hw` arrays and hold them, so an id cannot be reused while the cache lives
     (one forward call).
+
+    `level_masks` (from `canvas_level_masks`, computed on the host and passed into the compiled program)
+    serve the masks of `hw`, `down2(hw)`, `down2(down2(hw))`, ...: XLA:CPU would otherwise inline a mask's
+    iota/compare into each of the ~700 fusions that use it, which made the click program's HLO 49k lines
+    instead of 29k and its compilation ~3 s longer. A mask asked for with another `hw` array is built as usual.
     """
     prev = getattr(_canvas_cache, "entries", None)
     _canvas_cache.entries = {}
     try:
+        level_hw = hw
+        for m in level_masks:
+            _canvas_cache.entries[(("mask", tuple(m.shape[:2]), "bool"), id(level_hw))] = (m, (level_hw,))
+            level_hw = down2(level_hw)
         yield
     finally:
         _canvas_cache.entries = prev
+
+
+def canvas_level_masks(canvas_hw: tuple[int, int], true_hw: tuple[int, int], levels: int = 6):
+    """Host-side (numpy) bool masks (H_k, W_k, 1) of the valid region for levels k = 0..levels-1 of a canvas
+    (sizes halved k times, rounded up, as by stride-2 convolutions and `down2`); see `canvas_cache`."""
+    (ch, cw), (h, w), out = canvas_hw, true_hw, []
+    for _ in range(levels):
+        out.append(((np.arange(ch)[:, None] < h) & (np.arange(cw)[None, :] < w))[..., None])
+        ch, cw, h, w = -(-ch // 2), -(-cw // 2), -(-h // 2), -(-w // 2)
+    return tuple(out)
 
 
 def _cached(key, arrays: tuple, make):
@@ -66,9 +85,11 @@ def down2(hw):
 def valid_mask(shape_hw: tuple[int, int], hw, dtype=jnp.float32):
     """(H, W, 1) mask, 1 inside the valid region [0, h) x [0, w)."""
     def make():
+        if jnp.dtype(dtype) != jnp.bool_:
+            return valid_mask(shape_hw, hw, jnp.bool_).astype(dtype)
         rows = jnp.arange(shape_hw[0])[:, None] < hw[0]
         cols = jnp.arange(shape_hw[1])[None, :] < hw[1]
-        return (rows & cols)[..., None].astype(dtype)
+        return (rows & cols)[..., None]
     return _cached(("mask", tuple(shape_hw), jnp.dtype(dtype).name), (hw,), make)
 
 
