@@ -50,7 +50,7 @@ def canvas_cache(hw=None, level_masks=()):
     try:
         level_hw = hw
         for m in level_masks:
-            _canvas_cache.entries[(("mask", tuple(m.shape[:2]), "bool"), id(level_hw))] = (m, (level_hw,))
+            _canvas_cache.entries[_key(_mask_key(m.shape[:2], jnp.bool_), (level_hw,))] = (m, (level_hw,))
             level_hw = down2(level_hw)
         yield
     finally:
@@ -67,12 +67,20 @@ def canvas_level_masks(canvas_hw: tuple[int, int], true_hw: tuple[int, int], lev
     return tuple(out)
 
 
+def _key(key, arrays: tuple):
+    return (key, *map(id, arrays))
+
+
+def _mask_key(shape_hw, dtype):
+    return ("mask", tuple(shape_hw), jnp.dtype(dtype).name)
+
+
 def _cached(key, arrays: tuple, make):
     """make(), computed once per (key, identities of `arrays`) inside `canvas_cache()`."""
     entries = getattr(_canvas_cache, "entries", None)
     if entries is None:
         return make()
-    k = (key, *map(id, arrays))
+    k = _key(key, arrays)
     if k not in entries:
         entries[k] = (make(), arrays)
     return entries[k][0]
@@ -91,7 +99,7 @@ def valid_mask(shape_hw: tuple[int, int], hw, dtype=jnp.float32):
         rows = jnp.arange(shape_hw[0])[:, None] < hw[0]
         cols = jnp.arange(shape_hw[1])[None, :] < hw[1]
         return (rows & cols)[..., None]
-    return _cached(("mask", tuple(shape_hw), jnp.dtype(dtype).name), (hw,), make)
+    return _cached(_mask_key(shape_hw, dtype), (hw,), make)
 
 
 def apply_mask(x, hw):
