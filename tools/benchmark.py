@@ -267,6 +267,45 @@ def train_row(name, size, batch, repeats, dtype):
             "note": "0-3 simulated clicks per step (drawn per step, as in training)"}
 
 
+def _num(v, width):
+    return f"{v:{width}.1f}" if v is not None else "-".rjust(width)
+
+
+def official_rows(args, what, rows):
+    """Run tools/time_official.py in a subprocess (its own threads, none of JAX's) on the forward sizes and
+    evaluation images just measured; returns its rows plus one `vs_official` row per pair."""
+    import subprocess
+    import tempfile
+
+    parts = sorted(what & {"forward", "eval"})
+    if not parts:
+        return []
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "official.json")
+        cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "time_official.py"),
+               "--official", args.official, "--what", ",".join(parts), "--sizes", args.sizes,
+               "--repeats", str(args.repeats), "--eval-images", str(args.eval_images), "--data-root", args.data_root,
+               "--output", out] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+        subprocess.run(cmd, check=True)
+        with open(out) as f:
+            official = json.load(f)["rows"]
+    result = []
+    for o in official:
+        o = {k: v for k, v in o.items() if k != "per_image"}
+        result.append(o)
+        for r in rows:
+            if o["bench"] == "official_forward" and r["bench"] == "forward" and r["model"] == "hrnet18s" \
+                    and r["input"] == o["input"] and r["dtype"] == "float32":
+                result.append({"bench": "vs_official", "what": f"forward {o['input']}",
+                               "ours_s": r["median_s"], "official_s": o["median_s"],
+                               "ours_over_official": r["median_s"] / o["median_s"]})
+            if o["bench"] == "official_eval_grabcut" and r["bench"] == "eval_grabcut" and r["images"] == o["images"]:
+                result.append({"bench": "vs_official", "what": f"GrabCut evaluation, {o['images']} images x 20 clicks",
+                               "ours_s": r["total_s"], "official_s": o["total_s"],
+                               "ours_over_official": r["total_s"] / o["total_s"]})
+    return result
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--what", default="forward,click", help="comma list of forward, click, eval, train")
@@ -287,10 +326,18 @@ def main(argv=None):
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="FRACTION",
                    help="before each timed run wait (<= 30 s) until this fraction of the CPUs is idle")
     p.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    p.add_argument("--official", default=None, metavar="FCFI_CHECKOUT",
+                   help="also time the official PyTorch code (tools/time_official.py) on the same forward sizes "
+                        "and evaluation images, right after this run, and print the ratios")
     p.add_argument("--output", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     import jax
 
+    if args.official:
+        from time_official import checkout_error
+
+        if checkout_error(args.official):
+            p.error(checkout_error(args.official))
     _IDLE["threshold"] = args.wait_idle
     what = set(args.what.split(","))
     unknown = what - {"forward", "click", "eval", "train"}
@@ -330,6 +377,9 @@ def main(argv=None):
         h, w = (int(v) for v in args.train_size.split("x"))
         for name in names:
             emit(train_row(name, (h, w), args.batch, max(3, args.repeats // 3), args.dtype))
+    if args.official:
+        for row in official_rows(args, what, rows):
+            emit(row)
     env = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
            "compiler_options": _opts()}
@@ -352,8 +402,14 @@ def main(argv=None):
             if "samples_per_s" in r:
                 notes.append(f"{r['samples_per_s']:.2f} samples/s, compile {r['compile_s']:.0f}s")
             print(f"{r['bench']:17s} {r.get('model', ''):9s} {r['input']:12s} {r['dtype']:8s} {r['median_s']:7.3f}s "
-                  f"{r['min_s']:6.3f}..{r['max_s']:<7.3f}s {r.get('gflop', float('nan')):6.1f} "
-                  f"{r.get('gflops_per_s', float('nan')):7.1f}  {'; '.join(notes)}")
+                  f"{r['min_s']:6.3f}..{r['max_s']:<7.3f}s {_num(r.get('gflop'), 6)} "
+                  f"{_num(r.get('gflops_per_s'), 7)}  {'; '.join(notes)}")
+        elif r["bench"] == "vs_official":
+            print(f"{'vs official':17s} {r['what']}: ours {r['ours_s']:.3f}s, official {r['official_s']:.3f}s, "
+                  f"ours / official {r['ours_over_official']:.2f} ({1 / r['ours_over_official']:.2f}x faster)")
+        elif r["bench"] == "official_eval_grabcut":
+            print(f"{'official eval':17s} {'hrnet18s':9s} {str(r['images']) + ' images':12s} {'float32':8s} "
+                  f"{r['s_per_click']:7.3f}s/click, total {r['total_s']:.0f}s")
         else:
             print(f"{r['bench']:17s} {'hrnet18s':9s} {str(r['images']) + ' images':12s} {'float32':8s} "
                   f"{r['s_per_click']:7.3f}s/click (model {r['model_s_per_click']:.3f}s), total {r['total_s']:.0f}s, "
