@@ -8,6 +8,8 @@
     python tools/benchmark.py --what eval --eval-images 50              # the GrabCut NoC evaluation, end to end
     python tools/benchmark.py --what eval --eval-images 50 --cache-dir /tmp/xla  # ... with a persistent cache
     python tools/benchmark.py --what train --models hrnet18s --batch 8  # train-step samples/s at 320x480
+    python tools/benchmark.py --what forward,eval --models hrnet18s --eval-images 15 \
+        --official /path/to/FCFI                                          # + the official code, same hour
 
 Every timing is taken after warm-up (compilation excluded) with the device synchronised; the table shows
 the median and the spread (min..max). FLOPs come from XLA's cost analysis of the compiled program. The
