@@ -341,8 +341,9 @@ def main(argv=None):
     if args.official:
         from time_official import checkout_error
 
-        if checkout_error(args.official):
-            p.error(checkout_error(args.official))
+        error = checkout_error(args.official)
+        if error:
+            p.error(error)
     _IDLE["threshold"] = args.wait_idle
     what = set(args.what.split(","))
     unknown = what - {"forward", "click", "eval", "train"}

@@ -139,8 +139,9 @@ def main(argv=None):
     if what - {"forward", "eval"}:
         p.error(f"unknown --what {sorted(what - {'forward', 'eval'})}; choose from forward, eval")
     official = os.path.abspath(args.official)
-    if checkout_error(official):
-        p.error(checkout_error(official))
+    error = checkout_error(official)
+    if error:
+        p.error(error)
     ckpt = args.checkpoint or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
                                            "hrnet18s_random.pth")
     if not os.path.isfile(ckpt):

@@ -145,7 +145,7 @@ class CanvasRunner:
                                                 f32((), jnp.float32))
         else:
             ch, cw = canvas_size(h, w, self.step)
-            masks = [f32(m.shape, jnp.bool_) for m in canvas_level_masks((ch, cw), (h, w))]
+            masks = [f32(m.shape, jnp.bool_) for m in _level_masks((ch, cw), (h, w))]
             lowered = self._forward.lower(self._leaves, f32((b, ch, cw, c), jnp.float32), f32(points_shape, jnp.float32),
                                           f32(new_points_shape, jnp.int32), f32((), jnp.float32), f32((4,), jnp.int32),
                                           masks)
