@@ -7,6 +7,8 @@ features and predicts a gated residual for them.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -17,6 +19,61 @@ from fcfi_jax.models.layers import ConvBNReLU, Conv2d, XConvBNReLU, apply_mask, 
 def ffcm_half_size(expansion_ratio: float, fb_h: int, fb_w: int) -> tuple[int, int]:
     """Half box size in input pixels: int(e * H / 2 + 0.5) in Python float64, as the official code."""
     return int(expansion_ratio * fb_h / 2 + 0.5), int(expansion_ratio * fb_w / 2 + 0.5)
+
+
+def ffcm_box(py, px, half_h, half_w, fbh, fbw, fth, ftw):
+    """Spec 4.2a/b/d in float32: the click at feature resolution and its box there.
+
+    py, px (B,) click in input pixels; half_* the box half size; fb*, ft* the input and feature sizes (all
+    float32). Returns yf, xf (B,) int32 and box (B, 4) int32 (Y0, X0, Y1, X1), with Y0 <= yf < Y1.
+    """
+    # Full-resolution box, clipped, then truncated like `.long()`.
+    y0 = jnp.trunc(jnp.maximum(py - half_h, 0.0))
+    x0 = jnp.trunc(jnp.maximum(px - half_w, 0.0))
+    y1 = jnp.trunc(jnp.minimum(py + half_h, fbh))
+    x1 = jnp.trunc(jnp.minimum(px + half_w, fbw))
+    # Click and box at feature resolution (float32 divide then multiply, as the official code).
+    yf = jnp.trunc(py / fbh * fth).astype(jnp.int32)
+    xf = jnp.trunc(px / fbw * ftw).astype(jnp.int32)
+    box = jnp.stack([
+        jnp.maximum(jnp.floor(y0 / fbh * fth), 0.0),
+        jnp.maximum(jnp.floor(x0 / fbw * ftw), 0.0),
+        jnp.minimum(jnp.ceil(y1 / fbh * fth), fth),
+        jnp.minimum(jnp.ceil(x1 / fbw * ftw), ftw),
+    ], axis=1).astype(jnp.int32)
+    return yf, xf, box
+
+
+def ffcm_window(expan_ratio: float, ft_size: int, halo: int) -> int:
+    """Static length (along one axis, feature pixels) of a window that holds any inference box plus `halo`
+    pixels on each side, for maps of at most `ft_size` pixels.
+
+    A box spans ceil(y1 s) - floor(y0 s) < (y1 - y0) s + 2 pixels (s = ft / fb <= 1) with
+    y1 - y0 <= 2 half <= e fb + 1, i.e. fewer than e ft + 3: e ft + 4 leaves room for float32 rounding
+    (`tests/test_ffcm_window.py` checks the bound on every click position of many sizes).
+    """
+    return min(ft_size, int(math.floor(expan_ratio * ft_size)) + 4 + 2 * halo)
+
+
+def _crop(x, sy, sx, win):
+    """Per batch element the (win[0], win[1]) window of x (B, H, W, C) starting at (sy[b], sx[b])."""
+    size = (win[0], win[1], x.shape[-1])
+    return jax.vmap(lambda a, y, x0: jax.lax.dynamic_slice(a, (y, x0, 0), size))(x, sy, sx)
+
+
+def _paste(x, patch, sy, sx):
+    """x with each batch element's `patch` written at (sy[b], sx[b]) (the inverse of `_crop`)."""
+    return jax.vmap(lambda a, q, y, x0: jax.lax.dynamic_update_slice(a, q, (y, x0, 0)))(x, patch, sy, sx)
+
+
+def _affinity(u, yf, xf, dtype):
+    """Spec 4.3: cosine affinity of each pixel of U (B, h, w, M) to the pixel (yf[b], xf[b]) -> (B, h, w, 1).
+    Normalised with F.normalize (eps 1e-12), in float32 in any case."""
+    u = u.astype(jnp.float32)
+    u = u / jnp.maximum(jnp.sqrt(jnp.sum(u * u, axis=-1, keepdims=True)), 1e-12)
+    u_click = u[jnp.arange(u.shape[0]), yf, xf]  # (B, M)
+    # A channel reduction, not a dot: XLA:CPU would transpose u for a (1 x C) @ (C x hw) matmul.
+    return jnp.sum(u * u_click[:, None, None, :], axis=-1, keepdims=True).astype(dtype)
 
 
 def soft_box_mask(ft_hw, box):
@@ -45,15 +102,34 @@ def hard_box_mask(ft_hw, box):
 
 
 class FocusedCorrectionModule(nnx.Module):
-    """FFCM. Keys: `info_encoder.{0,1,2}`."""
+    """FFCM. Keys: `info_encoder.{0,1,2}`.
+
+    At inference the encoder runs on a window around the box only (`windowed`, the default): the official code
+    encodes the whole map and then crops the box, so both give the same box up to float summation order.
+    """
 
     def __init__(self, in_ch: int, mid_ch: int, aux_ch: int = 6, expan_ratio: float = 2.0, *, rngs: nnx.Rngs):
         self.expan_ratio = expan_ratio
+        self.windowed = True
         self.info_encoder = nnx.List([
             ConvBNReLU(in_ch + aux_ch, mid_ch, rngs=rngs),
             XConvBNReLU(mid_ch, mid_ch, rngs=rngs),
             XConvBNReLU(mid_ch, mid_ch, rngs=rngs),
         ])
+
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius of the info encoder (3: three 3x3 convolutions)."""
+        convs = [layer.conv if isinstance(layer, ConvBNReLU) else layer.conv3x3 for layer in self.info_encoder]
+        return sum(c.weight.shape[0] // 2 * c.dilation for c in convs)
+
+    def window(self, ft_hw) -> tuple[int, int] | None:
+        """Static (h, w) of the inference window for maps of `ft_hw`; None (encode the whole map) when windows are
+        off or would cover more than half of the map."""
+        if not self.windowed:
+            return None
+        win = tuple(ffcm_window(self.expan_ratio, n, self.halo) for n in ft_hw)
+        return None if win[0] * win[1] > 0.5 * ft_hw[0] * ft_hw[1] else win
 
     def encode(self, x, hw=None):
         for layer in self.info_encoder:
@@ -87,24 +163,11 @@ class FocusedCorrectionModule(nnx.Module):
 
         in_hw = fb_hw
         valid_mask = None
+        win = None if is_training else self.window((ft_h, ft_w))
         for k in range(new_points.shape[1]):
             p = new_points[:, k].astype(jnp.float32)  # (B, 3)
-            py, px = p[:, 0], p[:, 1]
             label = jnp.trunc(p[:, 2])
-            # Full-resolution box, clipped, then truncated like `.long()`.
-            y0 = jnp.trunc(jnp.maximum(py - half_h_f, 0.0))
-            x0 = jnp.trunc(jnp.maximum(px - half_w_f, 0.0))
-            y1 = jnp.trunc(jnp.minimum(py + half_h_f, fbh_f))
-            x1 = jnp.trunc(jnp.minimum(px + half_w_f, fbw_f))
-            # Click and box at feature resolution (float32 divide then multiply, as the official code).
-            yf = jnp.trunc(py / fbh_f * fth_f).astype(jnp.int32)
-            xf = jnp.trunc(px / fbw_f * ftw_f).astype(jnp.int32)
-            box = jnp.stack([
-                jnp.maximum(jnp.floor(y0 / fbh_f * fth_f), 0.0),
-                jnp.maximum(jnp.floor(x0 / fbw_f * ftw_f), 0.0),
-                jnp.minimum(jnp.ceil(y1 / fbh_f * fth_f), fth_f),
-                jnp.minimum(jnp.ceil(x1 / fbw_f * ftw_f), ftw_f),
-            ], axis=1).astype(jnp.int32)  # (B, 4)
+            yf, xf, box = ffcm_box(p[:, 0], p[:, 1], half_h_f, half_w_f, fbh_f, fbw_f, fth_f, ftw_f)
 
             # One resize of the stacked maps (per-channel, so identical to three resizes).
             ci, cc = images.shape[-1], click_encoding.shape[-1]
@@ -112,24 +175,31 @@ class FocusedCorrectionModule(nnx.Module):
                               ft_hw_true)
             images, click_encoding, feedback_rs = small[..., :ci], small[..., ci:ci + cc], small[..., ci + cc:]
             in_hw = ft_hw_true
-
-            u = self.encode(jnp.concatenate([images, click_encoding, feedback_rs, features], axis=-1), ft_hw_true)
-            # Cosine affinity to the click's encoded feature (F.normalize, eps 1e-12), in float32 in any case.
-            u = u.astype(jnp.float32)
-            u = u / jnp.maximum(jnp.sqrt(jnp.sum(u * u, axis=-1, keepdims=True)), 1e-12)
-            b_idx = jnp.arange(u.shape[0])
-            u_click = u[b_idx, yf, xf]  # (B, M)
-            # A channel reduction, not a dot: XLA:CPU would transpose u for a (1 x C) @ (C x hw) matmul.
-            affinity = jnp.sum(u * u_click[:, None, None, :], axis=-1, keepdims=True)
-            affinity = affinity.astype(feedback_rs.dtype)
             lab = label[:, None, None, None].astype(feedback_rs.dtype)
+
+            if win is None:
+                u = self.encode(jnp.concatenate([small, features], axis=-1), ft_hw_true)
+                affinity = _affinity(u, yf, xf, feedback_rs.dtype)
+            else:
+                # Inference uses U only inside the box and at the click (inside it): encode a window holding the
+                # box and the encoder's receptive field around it (a static size, ~14% of the map for e = 0.3).
+                sy = jnp.clip(box[:, 0] - self.halo, 0, ft_h - win[0])  # (B,)
+                sx = jnp.clip(box[:, 1] - self.halo, 0, ft_w - win[1])
+                hw_win = None if ft_hw_true is None else ft_hw_true[None, :] - jnp.stack([sy, sx], axis=1)  # (B, 2)
+                x = jnp.concatenate([_crop(small, sy, sx, win), _crop(features, sy, sx, win)], axis=-1)
+                affinity = _affinity(self.encode(x, hw_win), yf - sy, xf - sx, feedback_rs.dtype)
+                box = box - jnp.stack([sy, sx, sy, sx], axis=1)
             if is_training:
                 valid_mask = soft_box_mask((ft_h, ft_w), box)
                 m = valid_mask.astype(feedback_rs.dtype)
                 feedback = (1 - m) * feedback_rs + m * (affinity * lab + (1 - affinity) * feedback_rs)
-            else:
+            elif win is None:
                 inside = hard_box_mask((ft_h, ft_w), box)
                 feedback = jnp.where(inside, (1 - affinity) * feedback_rs + affinity * lab, feedback_rs)
+            else:
+                fb = _crop(feedback_rs, sy, sx, win)
+                patch = jnp.where(hard_box_mask(win, box), (1 - affinity) * fb + affinity * lab, fb)
+                feedback = _paste(feedback_rs, patch, sy, sx)
         return apply_mask(feedback, ft_hw_true), valid_mask
 
 

@@ -92,12 +92,12 @@ def down2(hw):
 
 
 def valid_mask(shape_hw: tuple[int, int], hw, dtype=jnp.float32):
-    """(H, W, 1) mask, 1 inside the valid region [0, h) x [0, w)."""
+    """(H, W, 1) mask, 1 inside the valid region [0, h) x [0, w); (B, H, W, 1) for a per-example hw (B, 2)."""
     def make():
         if jnp.dtype(dtype) != jnp.bool_:
             return valid_mask(shape_hw, hw, jnp.bool_).astype(dtype)
-        rows = jnp.arange(shape_hw[0])[:, None] < hw[0]
-        cols = jnp.arange(shape_hw[1])[None, :] < hw[1]
+        rows = jnp.arange(shape_hw[0])[:, None] < hw[..., 0, None, None]
+        cols = jnp.arange(shape_hw[1])[None, :] < hw[..., 1, None, None]
         return (rows & cols)[..., None]
     return _cached(_mask_key(shape_hw, dtype), (hw,), make)
 
