@@ -169,11 +169,10 @@ class FocusedCorrectionModule(nnx.Module):
             label = jnp.trunc(p[:, 2])
             yf, xf, box = ffcm_box(p[:, 0], p[:, 1], half_h_f, half_w_f, fbh_f, fbw_f, fth_f, ftw_f)
 
-            # One resize of the stacked maps (per-channel, so identical to three resizes).
-            ci, cc = images.shape[-1], click_encoding.shape[-1]
-            small = resize_ac(jnp.concatenate([images, click_encoding, feedback], axis=-1), (ft_h, ft_w), in_hw,
-                              ft_hw_true)
-            images, click_encoding, feedback_rs = small[..., :ci], small[..., ci:ci + cc], small[..., ci + cc:]
+            # Resized one by one and stacked at feature resolution (a full-resolution stack is one more pass).
+            images, click_encoding, feedback_rs = (resize_ac(t, (ft_h, ft_w), in_hw, ft_hw_true)
+                                                   for t in (images, click_encoding, feedback))
+            small = jnp.concatenate([images, click_encoding, feedback_rs], axis=-1)
             in_hw = ft_hw_true
             lab = label[:, None, None, None].astype(feedback_rs.dtype)
 
