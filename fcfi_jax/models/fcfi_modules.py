@@ -181,7 +181,7 @@ class FocusedCorrectionModule(nnx.Module):
                 affinity = _affinity(u, yf, xf, feedback_rs.dtype)
             else:
                 # Inference uses U only inside the box and at the click (inside it): encode a window holding the
-                # box and the encoder's receptive field around it (a static size, ~14% of the map for e = 0.3).
+                # box and the encoder's receptive field around it (a static size, ~13% of the map for e = 0.3).
                 sy = jnp.clip(box[:, 0] - self.halo, 0, ft_h - win[0])  # (B,)
                 sx = jnp.clip(box[:, 1] - self.halo, 0, ft_w - win[1])
                 hw_win = None if ft_hw_true is None else ft_hw_true[None, :] - jnp.stack([sy, sx], axis=1)  # (B, 2)
