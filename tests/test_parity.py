@@ -29,8 +29,15 @@ TOL_R101 = {"instances": (1e-2, 1e-3), "updated_feedback1": (2e-3, 5e-5), "updat
             "gauss_dist_maps": (0.0, 0.0)}
 
 
-def _forward():
-    return nnx.jit(lambda m, x, p, n, g: m(x, p, n, g, is_training=False))
+def _forward(direct_conv: bool = False):
+    """The jitted forward; direct_conv traces it in `direct_conv.inference_scope()` (the predictor's CPU path)."""
+    from fcfi_jax.models import direct_conv as dc
+
+    def fwd(m, x, p, n, g):
+        with dc.inference_scope(direct_conv):
+            return m(x, p, n, g, is_training=False)
+
+    return nnx.jit(fwd)
 
 
 def run_golden(model, golden, fwd, outputs):
@@ -66,10 +73,15 @@ def hrnet18s(fixtures_dir):
     return model
 
 
-@pytest.mark.parametrize("which", ["native", "crop333x417"])
-def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which):
+@pytest.mark.parametrize("which,direct", [("native", False), ("crop333x417", False), ("native", True)])
+def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which, direct):
+    """direct=True: with the direct 3x3 CPU kernel (fcfi_jax/models/direct_conv.py), where it is available."""
+    from fcfi_jax.models import direct_conv
+
+    if direct and not direct_conv.available():
+        pytest.skip("direct CPU convolution kernel not available here (no C++ compiler or not on CPU)")
     golden = np.load(fixtures_dir / f"golden_hrnet18s_{which}.npz")
-    errors = run_golden(hrnet18s, golden, _forward(),
+    errors = run_golden(hrnet18s, golden, _forward(direct),
                         ["instances", "instances_aux", "updated_feedback1", "updated_feedback2", "gauss_dist_maps"])
     check(errors, TOL_HRNET)
 

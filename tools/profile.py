@@ -148,6 +148,7 @@ def main(argv=None):
     import numpy as np
     from flax import nnx
 
+    from fcfi_jax.models import direct_conv
     from fcfi_jax.models.is_model import build_model
     from fcfi_jax.xla_options import compiler_options
 
@@ -163,8 +164,11 @@ def main(argv=None):
         new = jnp.asarray([[[h // 2, w // 2, 1]]] * b, jnp.int32)
         graphdef, state = nnx.split(model)
         dt = jnp.dtype(args.dtype)
-        f = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x.astype(dt), pts, new, 1.0, is_training=False)["instances"],
-                    compiler_options=compiler_options())
+        def forward(s, x):  # the predictor's inference forward (direct 3x3 kernel on CPU, models/direct_conv.py)
+            with direct_conv.inference_scope():
+                return nnx.merge(graphdef, s)(x.astype(dt), pts, new, 1.0, is_training=False)["instances"]
+
+        f = jax.jit(forward, compiler_options=compiler_options())
         compiled = f.lower(state, x).compile()
         text = compiled.as_text()
         run = lambda: compiled(state, x).block_until_ready()

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fcfi_jax.models import direct_conv
 from fcfi_jax.models.layers import canvas_level_masks
 
 
@@ -79,12 +80,13 @@ class CanvasRunner:
     OUTPUTS = ("instances", "updated_feedback1", "updated_feedback2")
 
     def __init__(self, model, step: int | None = 128, dtype=jnp.float32, transpose_portrait: bool = True,
-                 compile_cost_mpx: float | None = None):
+                 compile_cost_mpx: float | None = None, use_direct_conv: bool = True):
         self.model = model
         self.step = step
         self.dtype = dtype
         self.transpose_portrait = transpose_portrait and step is not None
         self.compile_cost_mpx = default_compile_cost_mpx() if compile_cost_mpx is None else compile_cost_mpx
+        self.use_direct_conv = use_direct_conv  # CPU: the direct 3x3 kernel (models/direct_conv.py) where it applies
         self.graphdef, state = nnx.split(model)
         self._treedef = jax.tree.structure(state)
         self.state = state  # also sets the flat weights the compiled forward takes
@@ -99,13 +101,15 @@ class CanvasRunner:
         # Variables) on every call cost ~7 ms of host time per click.
         def forward(leaves, x, points, new_points, gate, geometry, masks):
             m = nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves))
-            out = m(x.astype(self.dtype), points, new_points, gate, is_training=False, canvas=geometry,
-                    canvas_masks=masks)
+            with direct_conv.inference_scope(self.use_direct_conv):
+                out = m(x.astype(self.dtype), points, new_points, gate, is_training=False, canvas=geometry,
+                        canvas_masks=masks)
             return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
 
         def forward_exact(leaves, x, points, new_points, gate):
             m = nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves))
-            out = m(x.astype(self.dtype), points, new_points, gate, is_training=False)
+            with direct_conv.inference_scope(self.use_direct_conv):
+                out = m(x.astype(self.dtype), points, new_points, gate, is_training=False)
             return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
 
         from fcfi_jax.xla_options import compiler_options

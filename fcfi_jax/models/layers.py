@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fcfi_jax.models import direct_conv
+
 
 # ----------------------------------------------------------------------------------------
 # Canvas helpers
@@ -288,11 +290,14 @@ class Conv2d(nnx.Module):
             return apply_mask(y, hw)
         if w.shape[0] == w.shape[1] == 1 and self.groups == 1 and p == 0 and self.stride == 1 and w.shape[2] <= 4:
             return self._pointwise([x], hw)
-        prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
-        y = jax.lax.conv_general_dilated(
-            x, w, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
-            rhs_dilation=(self.dilation, self.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups, precision=prec)
+        if direct_conv.applies(x, w, self.stride, p, self.dilation, self.groups):  # CPU inference only
+            y = direct_conv.conv3x3(x, w, self.stride)
+        else:
+            prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+            y = jax.lax.conv_general_dilated(
+                x, w, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
+                rhs_dilation=(self.dilation, self.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups, precision=prec)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return apply_mask(y, down2(hw) if self.stride > 1 else hw)
