@@ -47,6 +47,29 @@ def test_matches_xla(kernel, shape):
     assert np.all(np.abs(got - want) <= bound), float(np.abs(got - want).max())
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_epilogue(kernel, stride):
+    """relu(conv * scale + shift + residual), zero outside each image's valid region (per-image (B, 2) and
+    shared (2,) sizes), against the same computed with XLA."""
+    rng = np.random.default_rng(stride)
+    b, h, w, ci, co = 2, 13, 18, 20, 24
+    x = jnp.asarray(rng.standard_normal((b, h, w, ci)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, ci, co)), jnp.float32)
+    scale, shift = (jnp.asarray(rng.standard_normal(co), jnp.float32) for _ in range(2))
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    res = jnp.asarray(rng.standard_normal((b, ho, wo, co)), jnp.float32)
+    for valid in ([[ho, wo], [ho - 3, wo - 5]], [ho - 1, wo]):
+        v = np.broadcast_to(np.asarray(valid), (b, 2))
+        keep = (np.arange(ho)[None, :, None] < v[:, :1, None]) & (np.arange(wo)[None, None, :] < v[:, 1:, None])
+        for residual, relu in ((None, False), (res, True)):
+            want = _xla(x, k, stride) * scale + shift + (0 if residual is None else residual)
+            want = np.where(keep[..., None], np.maximum(want, 0) if relu else want, 0)
+            got = jax.jit(lambda x, k, s, t, r, vh: direct_conv.conv3x3(
+                x, k, stride, scale=s, shift=t, residual=r, relu=relu, valid_hw=vh))(
+                x, k, scale, shift, residual, jnp.asarray(valid, jnp.int32))
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+
+
 def test_conv2d_uses_it_only_in_the_inference_scope(kernel):
     conv = Conv2d(18, 18, 3, 1, 1, rngs=nnx.Rngs(0))
     x = jnp.ones((1, 8, 8, 18))
@@ -76,3 +99,34 @@ def test_build_failure_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
         assert not direct_conv.available()
     finally:
         direct_conv.available.cache_clear()
+
+
+def test_fused_blocks_match_the_layer_by_layer_forward_on_a_canvas(kernel):
+    """BasicBlock (residual), ConvBN (stride 2) and ConvBNReLU (bias) with random BatchNorm statistics, on a
+    zero canvas larger than the true size: the folded-BN kernel equals XLA layer by layer, zeros included."""
+    from fcfi_jax.models.layers import ConvBN, ConvBNReLU
+    from fcfi_jax.models.resnet import BasicBlockV1b
+
+    rngs = nnx.Rngs(0)
+    blocks = [BasicBlockV1b(18, 18, rngs=rngs), ConvBN(18, 36, 3, 2, 1, act=True, rngs=rngs),
+              ConvBN(18, 18, 3, 2, 1, act=False, rngs=rngs), ConvBNReLU(18, 32, rngs=rngs)]
+    rng = np.random.default_rng(0)
+    for block in blocks:
+        for _, bn in nnx.iter_graph(block):
+            if hasattr(bn, "running_var"):
+                c = bn.running_var[...].shape[0]
+                bn.running_mean.set_value(jnp.asarray(rng.standard_normal(c), jnp.float32))
+                bn.running_var.set_value(jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32))
+                bn.bias.set_value(jnp.asarray(rng.standard_normal(c), jnp.float32))
+    hw = jnp.asarray([21, 27], jnp.int32)
+    x = np.zeros((2, 32, 32, 18), np.float32)
+    x[:, :21, :27] = rng.standard_normal((2, 21, 27, 18))
+    for block in blocks:
+        want = np.asarray(jax.jit(lambda x, hw: block(x, hw))(x, hw))
+        with direct_conv.inference_scope():  # a new function: jit would reuse the trace made outside the scope
+            fused = jax.jit(lambda x, hw: block(x, hw)).lower(x, hw)
+        assert "fcfi_direct_conv3x3" in fused.as_text()
+        got = np.asarray(fused.compile()(x, hw))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        vh, vw = (21, 27) if got.shape[1] == 32 else (11, 14)  # stride 2: ceil(n / 2)
+        assert np.abs(want).max() > 0.1 and np.all(got[:, vh:] == 0) and np.all(got[:, :, vw:] == 0)

@@ -111,14 +111,27 @@ def applies(x, w, stride: int, padding: int, dilation: int, groups: int) -> bool
             and available())
 
 
-def conv3x3(x, w, stride: int = 1):
-    """3x3 convolution with zero padding 1: x (B, H, W, Ci) float32, w (3, 3, Ci, Co) -> (B, Ho, Wo, Co)."""
+def conv3x3(x, w, stride: int = 1, *, scale=None, shift=None, residual=None, relu: bool = False, valid_hw=None):
+    """3x3 convolution with zero padding 1 and its epilogue, in one kernel call:
+    relu?(conv(x, w) * scale + shift [+ residual]), zero outside `valid_hw`.
+
+    x (B, H, W, Ci) float32, w (3, 3, Ci, Co); scale, shift (Co,) (default 1 and 0: a bias or a folded
+    BatchNorm); residual (B, Ho, Wo, Co); valid_hw: the valid (rows, cols) of the output, (2,) or per image
+    (B, 2) (the canvas padding, see `layers`); None: all of it. Returns (B, Ho, Wo, Co), Ho = ceil(H / stride).
+    """
     if not available():
         raise RuntimeError("fcfi_jax.models.direct_conv: the kernel is not available (CPU backend, a C++ compiler "
                            "and FCFI_JAX_DIRECT_CONV unset are needed); use jax.lax.conv_general_dilated")
     b, h, wd, _ = x.shape
-    out = jax.ShapeDtypeStruct((b, (h - 1) // stride + 1, (wd - 1) // stride + 1, w.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call(_TARGET, out)(x, w.astype(jnp.float32), stride=int(stride))
+    co = w.shape[-1]
+    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    f32 = lambda v, default: jnp.broadcast_to(jnp.asarray(default if v is None else v, jnp.float32), (co,))
+    valid = jnp.asarray((ho, wo) if valid_hw is None else valid_hw, jnp.int32)
+    valid = jnp.broadcast_to(valid, (b, 2))
+    res = jnp.zeros((0,), jnp.float32) if residual is None else residual.astype(jnp.float32)
+    out = jax.ShapeDtypeStruct((b, ho, wo, co), jnp.float32)
+    return jax.ffi.ffi_call(_TARGET, out)(x, w.astype(jnp.float32), f32(scale, 1.0), f32(shift, 0.0), res, valid,
+                                          stride=int(stride), relu=int(relu), has_residual=int(residual is not None))
 
 
 _CALL = re.compile(r"= f32\[(\d+),(\d+),(\d+),(\d+)\]\S* custom-call\(.*custom_call_target=\"%s\", "

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fcfi_jax.models.fcfi_modules import CollaborativeFeedbackFusionModule, FocusedCorrectionModule
-from fcfi_jax.models.layers import (BatchNorm2d, Conv2d, ConvBN, apply_mask, down2, relu, resize_ac,
+from fcfi_jax.models.layers import (BatchNorm2d, Conv2d, ConvBN, apply_mask, conv_bn, down2, relu, resize_ac,
                                     valid_mask)
 from fcfi_jax.models.resnet import BasicBlockV1b, BottleneckV1b, make_layer, run_layer
 
@@ -164,9 +164,9 @@ class HighResolutionNet(nnx.Module):
     def backbone(self, image, coord_features, hw=None):
         """Stem (click features added after the first conv) + stages -> aggregated (B, h, w, 15w)."""
         hw2 = down2(hw)
-        x = relu(self.bn1(self.conv1(image, hw), hw2)) + coord_features
+        x = conv_bn(self.conv1, self.bn1, image, hw, act=True) + coord_features
         hw4 = down2(hw2)
-        x = relu(self.bn2(self.conv2(x, hw2), hw4))
+        x = conv_bn(self.conv2, self.bn2, x, hw2, act=True)
         x, _ = run_layer(self.layer1, x, hw4)
         hws = [hw4, down2(hw4), down2(down2(hw4)), down2(down2(down2(hw4)))]
         xs = [self.transition1[0](x, hw4), self.transition1[1][0](x, hw4)]
@@ -191,13 +191,13 @@ class HighResolutionNet(nnx.Module):
         if self.ocr_width > 0:
             a = self.aux_head
             out_aux = a[3](relu(a[1](a[0](feats, hw4), hw4)), hw4)
-            f = relu(self.conv3x3_ocr[1](self.conv3x3_ocr[0](feats, hw4), hw4))
+            f = conv_bn(self.conv3x3_ocr[0], self.conv3x3_ocr[1], feats, hw4, act=True)
             context = spatial_gather(f, out_aux, hw4)
             f = self.ocr_distri_head(f, context, hw4)
             out = self.cls_head(f, hw4)
         else:
             c = self.cls_head
-            out = c[3](relu(c[1](c[0](feats, hw4), hw4)), hw4)
+            out = c[3](conv_bn(c[0], c[1], feats, hw4, act=True), hw4)
             out_aux = None
         return dict(instances=out, instances_aux=out_aux, updated_feedback1=uf1, valid_masks=valid,
                     updated_feedback2=uf2)

@@ -290,17 +290,23 @@ class Conv2d(nnx.Module):
             return apply_mask(y, hw)
         if w.shape[0] == w.shape[1] == 1 and self.groups == 1 and p == 0 and self.stride == 1 and w.shape[2] <= 4:
             return self._pointwise([x], hw)
-        if direct_conv.applies(x, w, self.stride, p, self.dilation, self.groups):  # CPU inference only
-            y = direct_conv.conv3x3(x, w, self.stride)
-        else:
-            prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
-            y = jax.lax.conv_general_dilated(
-                x, w, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
-                rhs_dilation=(self.dilation, self.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=self.groups, precision=prec)
+        hw_out = down2(hw) if self.stride > 1 else hw
+        if self.direct(x):  # CPU inference: bias and mask in the kernel's epilogue
+            return direct_conv.conv3x3(x, w, self.stride, shift=None if self.bias is None else self.bias[...],
+                                       valid_hw=hw_out)
+        prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
+        y = jax.lax.conv_general_dilated(
+            x, w, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
+            rhs_dilation=(self.dilation, self.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups, precision=prec)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
-        return apply_mask(y, down2(hw) if self.stride > 1 else hw)
+        return apply_mask(y, hw_out)
+
+    def direct(self, x) -> bool:
+        """Whether this conv of x runs as the direct CPU kernel (`direct_conv`: 3x3, inference scope)."""
+        return (not isinstance(x, (list, tuple))
+                and direct_conv.applies(x, self.weight[...], self.stride, self.padding, self.dilation, self.groups))
 
     def _pointwise(self, parts, hw):
         """1x1 conv of the channel concatenation of `parts`: per part a matmul, or, for <= 4 channels (the
@@ -363,14 +369,39 @@ class BatchNorm2d(nnx.Module):
             # ~0.1 s per BatchNorm while tracing (half the train step's trace time).
             self.running_mean.set_value((1 - m) * self.running_mean[...] + m * jax.lax.stop_gradient(mean))
             self.running_var.set_value((1 - m) * self.running_var[...] + m * jax.lax.stop_gradient(unbiased))
-        scale = self.weight[...] * jax.lax.rsqrt(var + self.eps)
-        shift = self.bias[...] - mean * scale
+        scale, shift = self.affine(mean, var)
         y = x * scale.astype(dt) + shift.astype(dt)
         return apply_mask(y, hw)
+
+    def affine(self, mean=None, var=None):
+        """(scale, shift) of y = x * scale + shift; the running statistics by default."""
+        mean = self.running_mean[...] if mean is None else mean
+        var = self.running_var[...] if var is None else var
+        scale = self.weight[...] * jax.lax.rsqrt(var + self.eps)
+        return scale, self.bias[...] - mean * scale
 
 
 def relu(x):
     return jax.nn.relu(x)
+
+
+def conv_bn(conv: Conv2d, bn: BatchNorm2d, x, hw=None, *, act: bool = False, residual=None):
+    """relu?(bn(conv(x)) [+ residual]), zero outside the valid region.
+
+    With the direct CPU kernel (`direct_conv`, inference) this is one call with the BatchNorm's running
+    statistics (and the conv's bias) folded into the kernel's epilogue: no separate pass over the output.
+    """
+    hw_out = down2(hw) if conv.stride > 1 else hw
+    if bn.use_running_average and conv.direct(x):
+        scale, shift = bn.affine()
+        if conv.bias is not None:
+            shift = shift + conv.bias[...] * scale
+        return direct_conv.conv3x3(x, conv.weight[...], conv.stride, scale=scale, shift=shift, residual=residual,
+                                   relu=act, valid_hw=hw_out)
+    y = bn(conv(x, hw), hw_out)
+    if residual is not None:
+        y = y + residual
+    return relu(y) if act else y
 
 
 def leaky_relu(x, slope=0.2):
@@ -385,8 +416,7 @@ class ConvBNReLU(nnx.Module):
         self.bn = BatchNorm2d(out_ch)
 
     def __call__(self, x, hw=None):
-        hw_out = down2(hw) if self.conv.stride > 1 else hw
-        return relu(self.bn(self.conv(x, hw), hw_out))
+        return conv_bn(self.conv, self.bn, x, hw, act=True)
 
 
 class XConvBNReLU(nnx.Module):
@@ -415,9 +445,7 @@ class ConvBN(nnx.Module):
 
     def __call__(self, x, hw=None):
         conv, bn = self.seq
-        hw_out = down2(hw) if conv.stride > 1 else hw
-        y = bn(conv(x, hw), hw_out)
-        return relu(y) if self.act else y
+        return conv_bn(conv, bn, x, hw, act=self.act)
 
 
 class Holder(nnx.Module):

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fcfi_jax.models.layers import BatchNorm2d, Conv2d, ConvBN, apply_mask, down2, relu
+from fcfi_jax.models.layers import BatchNorm2d, Conv2d, ConvBN, apply_mask, conv_bn, down2, relu
 
 
 class BasicBlockV1b(nnx.Module):
@@ -22,10 +22,9 @@ class BasicBlockV1b(nnx.Module):
 
     def __call__(self, x, hw=None):
         hw_out = down2(hw) if self.conv1.stride > 1 else hw
-        out = relu(self.bn1(self.conv1(x, hw), hw_out))
-        out = self.bn2(self.conv2(out, hw_out), hw_out)
+        out = conv_bn(self.conv1, self.bn1, x, hw, act=True)
         residual = x if self.downsample is None else self.downsample(x, hw)
-        return relu(out + residual)
+        return conv_bn(self.conv2, self.bn2, out, hw_out, act=True, residual=residual)
 
 
 class BottleneckV1b(nnx.Module):
@@ -45,7 +44,7 @@ class BottleneckV1b(nnx.Module):
     def __call__(self, x, hw=None):
         hw_out = down2(hw) if self.conv2.stride > 1 else hw
         out = relu(self.bn1(self.conv1(x, hw), hw))
-        out = relu(self.bn2(self.conv2(out, hw), hw_out))
+        out = conv_bn(self.conv2, self.bn2, out, hw, act=True)
         out = self.bn3(self.conv3(out, hw_out), hw_out)
         residual = x if self.downsample is None else self.downsample(x, hw)
         return relu(out + residual)
