@@ -93,6 +93,13 @@ def test_build_failure_falls_back_with_a_warning(monkeypatch, tmp_path, caplog):
             with caplog.at_level("WARNING"):
                 assert not direct_conv.available()
             assert "direct CPU convolutions unavailable" in caplog.text and "no-such-compiler" in caplog.text
+            if shutil.which("g++"):  # a compiler that fails: its first error line is in the warning
+                monkeypatch.setenv("CXX", f"g++ -include {tmp_path}/missing.h")
+                direct_conv.available.cache_clear()
+                caplog.clear()
+                with caplog.at_level("WARNING"):
+                    assert not direct_conv.available()
+                assert "exited with" in caplog.text and "missing.h" in caplog.text
         monkeypatch.setenv("CXX", "g++")
         monkeypatch.setenv("FCFI_JAX_DIRECT_CONV", "0")
         direct_conv.available.cache_clear()

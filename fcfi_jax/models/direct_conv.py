@@ -66,7 +66,8 @@ def _compile() -> Path:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{res.stderr[-2000:]}")
+            errors = [l for l in res.stderr.splitlines() if "error" in l] or res.stderr.splitlines() or [""]
+            raise RuntimeError(f"{cxx} exited with {res.returncode}: {errors[0][-300:]}")
         os.replace(tmp, lib)
     finally:
         if os.path.exists(tmp):
