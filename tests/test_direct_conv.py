@@ -137,3 +137,11 @@ def test_fused_blocks_match_the_layer_by_layer_forward_on_a_canvas(kernel):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         vh, vw = (21, 27) if got.shape[1] == 32 else (11, 14)  # stride 2: ceil(n / 2)
         assert np.abs(want).max() > 0.1 and np.all(got[:, vh:] == 0) and np.all(got[:, :, vw:] == 0)
+
+
+def test_hlo_flops_counts_the_kernel_calls(kernel):
+    """tools/benchmark.py adds these FLOPs to XLA's count (which counts custom calls as 0)."""
+    x, k1, k2 = jnp.ones((2, 9, 10, 18)), jnp.ones((3, 3, 18, 20)), jnp.ones((3, 3, 20, 32))
+    f = lambda x, k1, k2: direct_conv.conv3x3(direct_conv.conv3x3(x, k1, 2), k2) + 1
+    text = jax.jit(f).lower(x, k1, k2).compile().as_text()
+    assert direct_conv.hlo_flops(text) == 2 * 9 * (2 * 5 * 5 * 20 * 18 + 2 * 5 * 5 * 32 * 20)
