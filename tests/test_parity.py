@@ -4,13 +4,11 @@ The checkpoints go through the project's converter (torch-free reader + strict m
 JAX forward runs on the exact recorded inputs of each of the three clicks.
 
 Tolerances. The goldens are float32 results of a deep network with random weights and random
-BatchNorm statistics that amplify rounding: evaluating the same function in float64 (our model
-with jax_enable_x64) differs from the HRNet goldens by up to 2.6e-4 on `instances`/`instances_aux`
-and 1.4e-4 on `updated_feedback2`, and the official code itself run on this machine's PyTorch
-differs from its golden by 3e-4. A max-abs bound of 1e-4 is therefore below the goldens' own
-noise. ResNet-101's goldens are noisier still (float64 vs golden: 2.3e-3 on `instances`, mean
-2.7e-4). We bound the errors at about twice those noise floors and require the click encodings to
-be bit-exact.
+BatchNorm statistics that amplify rounding: the official code run in float64 differs from them by up to
+3.3e-4 (HRNet) and 2.3e-3 (ResNet-101) on logits, so float32 parity cannot be tighter than that noise
+(tests/test_float64_parity.py proves the port against the float64 references at 1e-8). The bounds below are
+about twice the largest errors measured on this project's CPU over all the cases of this file (XLA and
+direct-kernel paths, exact size and canvas), per output; the click encodings must be bit-exact.
 """
 import json
 
@@ -22,11 +20,13 @@ from flax import nnx
 
 from fcfi_jax.convert.checkpoint import convert_official
 
-# (max abs, mean abs) per output
-TOL_HRNET = {"instances": (1e-3, 5e-4), "instances_aux": (1e-3, 5e-4), "updated_feedback1": (5e-4, 1e-5),
-             "updated_feedback2": (5e-4, 5e-5), "gauss_dist_maps": (0.0, 0.0)}
-TOL_R101 = {"instances": (1e-2, 1e-3), "updated_feedback1": (2e-3, 5e-5), "updated_feedback2": (2e-3, 2e-4),
-            "gauss_dist_maps": (0.0, 0.0)}
+# (max abs, mean abs) per output. Measured maxima: HRNet instances 7.7e-4 / 2.4e-4, instances_aux 5.0e-4 /
+# 5.2e-5, updated_feedback1 2.0e-4 / 4.1e-6, updated_feedback2 3.7e-4 / 1.7e-5; ResNet-101 instances 4.6e-3 /
+# 4.4e-4, updated_feedback1 8.8e-4 / 1.6e-5, updated_feedback2 6.3e-4 / 7.7e-5.
+TOL_HRNET = {"instances": (1.5e-3, 5e-4), "instances_aux": (1e-3, 1e-4), "updated_feedback1": (4e-4, 1e-5),
+             "updated_feedback2": (7.5e-4, 3.5e-5), "gauss_dist_maps": (0.0, 0.0)}
+TOL_R101 = {"instances": (1e-2, 1e-3), "updated_feedback1": (1.75e-3, 3.5e-5),
+            "updated_feedback2": (1.25e-3, 1.5e-4), "gauss_dist_maps": (0.0, 0.0)}
 
 
 def _forward(direct_conv: bool = False):
@@ -84,6 +84,17 @@ def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which, direct):
     errors = run_golden(hrnet18s, golden, _forward(direct),
                         ["instances", "instances_aux", "updated_feedback1", "updated_feedback2", "gauss_dist_maps"])
     check(errors, TOL_HRNET)
+    # The program really calls the kernel when it is on (and never when it is off): count its custom calls.
+    x = jnp.zeros((1, 64, 96, 4), jnp.float32)
+    p, n = jnp.full((1, 2, 3), -1.0, jnp.float32), jnp.asarray([[[10, 10, 1]]], jnp.int32)
+    graphdef, state = nnx.split(hrnet18s)
+
+    def fwd(state, x, p, n):
+        with direct_conv.inference_scope(direct):
+            return nnx.merge(graphdef, state)(x, p, n, 1.0, is_training=False)["instances"]
+
+    calls = jax.jit(fwd).lower(state, x, p, n).as_text().count(direct_conv._TARGET)
+    assert (calls >= 100) if direct else (calls == 0), f"{calls} direct-kernel calls in the program"
 
 
 def test_r101_matches_official(fixtures_dir, tmp_path):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fcfi_jax.models.layers import ConvBNReLU, Conv2d, XConvBNReLU, apply_mask, resize_ac
+from fcfi_jax.models.layers import ConvBNReLU, Conv2d, XConvBNReLU, accum_dtype, apply_mask, resize_ac
 
 
 def ffcm_half_size(expansion_ratio: float, fb_h: int, fb_w: int) -> tuple[int, int]:
@@ -58,18 +58,19 @@ def ffcm_window(expan_ratio: float, ft_size: int, halo: int) -> int:
 def _crop(x, sy, sx, win):
     """Per batch element the (win[0], win[1]) window of x (B, H, W, C) starting at (sy[b], sx[b])."""
     size = (win[0], win[1], x.shape[-1])
-    return jax.vmap(lambda a, y, x0: jax.lax.dynamic_slice(a, (y, x0, 0), size))(x, sy, sx)
+    return jax.vmap(lambda a, y, x0: jax.lax.dynamic_slice(a, (y, x0, jnp.zeros_like(y)), size))(x, sy, sx)
 
 
 def _paste(x, patch, sy, sx):
     """x with each batch element's `patch` written at (sy[b], sx[b]) (the inverse of `_crop`)."""
-    return jax.vmap(lambda a, q, y, x0: jax.lax.dynamic_update_slice(a, q, (y, x0, 0)))(x, patch, sy, sx)
+    return jax.vmap(lambda a, q, y, x0: jax.lax.dynamic_update_slice(a, q, (y, x0, jnp.zeros_like(y))))(
+        x, patch, sy, sx)
 
 
 def _affinity(u, yf, xf, dtype):
     """Spec 4.3: cosine affinity of each pixel of U (B, h, w, M) to the pixel (yf[b], xf[b]) -> (B, h, w, 1).
-    Normalised with F.normalize (eps 1e-12), in float32 in any case."""
-    u = u.astype(jnp.float32)
+    Normalised with F.normalize (eps 1e-12), in float32 at least (float64 in the float64 mode)."""
+    u = u.astype(accum_dtype(u.dtype))
     u = u / jnp.maximum(jnp.sqrt(jnp.sum(u * u, axis=-1, keepdims=True)), 1e-12)
     u_click = u[jnp.arange(u.shape[0]), yf, xf]  # (B, M)
     # A channel reduction, not a dot: XLA:CPU would transpose u for a (1 x C) @ (C x hw) matmul.

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fcfi_jax.models.fcfi_modules import CollaborativeFeedbackFusionModule, FocusedCorrectionModule
-from fcfi_jax.models.layers import (BatchNorm2d, Conv2d, ConvBN, apply_mask, conv_bn, down2, relu, resize_ac,
-                                    valid_mask)
+from fcfi_jax.models.layers import (BatchNorm2d, Conv2d, ConvBN, accum_dtype, apply_mask, conv_bn, down2, relu,
+                                    resize_ac, valid_mask)
 from fcfi_jax.models.resnet import BasicBlockV1b, BottleneckV1b, make_layer, run_layer
 
 
@@ -119,8 +119,9 @@ def spatial_gather(feats, logits, hw=None):
     lg = logits.reshape(b, h * w)
     if hw is not None:
         lg = jnp.where(valid_mask((h, w), hw, jnp.bool_).reshape(1, h * w), lg, -jnp.inf)
-    probs = jax.nn.softmax(lg.astype(jnp.float32), axis=-1)  # a sum over all pixels: float32 in any case
-    ctx = jnp.einsum("bp,bpc->bc", probs, feats.reshape(b, h * w, c).astype(jnp.float32),
+    dt = accum_dtype(feats.dtype)  # a sum over all pixels: float32 at least
+    probs = jax.nn.softmax(lg.astype(dt), axis=-1)
+    ctx = jnp.einsum("bp,bpc->bc", probs, feats.reshape(b, h * w, c).astype(dt),
                      precision=jax.lax.Precision.HIGHEST)
     return ctx[:, None, None, :].astype(feats.dtype)
 

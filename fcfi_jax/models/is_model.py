@@ -17,13 +17,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from fcfi_jax.models.deeplab import DeepLabV3Plus
 from fcfi_jax.models.fcfi_modules import ffcm_half_size
 from fcfi_jax.models.hrnet import HighResolutionNet
-from fcfi_jax.models.layers import (Conv2d, Holder, apply_mask, canvas_cache, down2, leaky_relu, relu, resize_ac,
-                                    resize_hp, resize_nearest)
+from fcfi_jax.models.layers import (Conv2d, Holder, accum_dtype, apply_mask, canvas_cache, down2, leaky_relu, relu,
+                                    resize_ac, resize_hp, resize_nearest)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -217,9 +218,10 @@ class ISModel(nnx.Module):
         # The compute dtype is the image's (float32, or bfloat16 for speed on GPU/TPU): constants and maps
         # made here are cast to it so that nothing silently promotes the network back to float32.
         dt = image.dtype
-        mean = jnp.asarray(cfg.norm_mean_std[0], jnp.float32)
-        std = jnp.asarray(cfg.norm_mean_std[1], jnp.float32)
-        rgb = apply_mask(((rgb.astype(jnp.float32) - mean) / std).astype(dt), hw)
+        # The official normalizer holds mean and std as float32 tensors, also when the network runs in float64.
+        mean = jnp.asarray(np.float32(cfg.norm_mean_std[0]), accum_dtype(dt))
+        std = jnp.asarray(np.float32(cfg.norm_mean_std[1]), accum_dtype(dt))
+        rgb = apply_mask(((rgb.astype(accum_dtype(dt)) - mean) / std).astype(dt), hw)
         gate = jnp.asarray(gate).astype(dt)
 
         radius = cfg.norm_radius if designated_click_radius < 0 else designated_click_radius
@@ -248,6 +250,18 @@ class ISModel(nnx.Module):
             out["valid_masks"] = resize_nearest(fe["valid_masks"], size)
         out["gauss_dist_maps"] = enc
         return out
+
+
+def cast_model(model: ISModel, dtype) -> ISModel:
+    """Cast every floating parameter and BatchNorm statistic of `model` to `dtype`, in place (once, at load
+    time: layers compute in the dtype of their input and cast nothing back). float64 needs `jax_enable_x64`."""
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        raise ValueError("float64 needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) first "
+                         "(or set JAX_ENABLE_X64=1)")
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
+    nnx.update(model, jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state))
+    return model
 
 
 def build_model(cfg: ModelConfig | dict, seed: int = 0) -> ISModel:

@@ -88,6 +88,13 @@ def _cached(key, arrays: tuple, make):
     return entries[k][0]
 
 
+def accum_dtype(dtype):
+    """The dtype of reductions and resize coefficients for `dtype` inputs: float32 for float32 and bfloat16,
+    float64 in the float64 mode (PyTorch's CPU kernels compute them in the input's "opmath" type, which is
+    double for double tensors)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def down2(hw):
     """Valid size after a stride-2 conv (3x3 pad 1 or 1x1): ceil(n / 2)."""
     return None if hw is None else _cached("down2", (hw,), lambda: (hw + 1) // 2)
@@ -115,42 +122,43 @@ def apply_mask(x, hw):
 # Resizes with PyTorch semantics (jax.image.resize matches none of them)
 
 
-def _ac_taps(out_size: int, in_size: int, out_valid=None, in_valid=None):
+def _ac_taps(out_size: int, in_size: int, out_valid=None, in_valid=None, dtype=jnp.float32):
     """Bilinear align_corners=True along one axis as two taps: (i0, i1) int32 and weights (w0, w1), each (out_size,).
 
-    PyTorch: src = dst * float32((in - 1) / (out - 1)) (0 if out == 1), i0 = floor(src),
-    i1 = min(i0 + 1, in - 1), weights (1 - frac, frac). With `*_valid` (traced ints) the true
-    sizes drive the grid, and outputs beyond `out_valid` get zero weights.
+    PyTorch: src = dst * opmath((in - 1) / (out - 1)) (0 if out == 1), i0 = floor(src),
+    i1 = min(i0 + 1, in - 1), weights (1 - frac, frac), computed in `dtype` (float32, or float64 in the
+    float64 mode). With `*_valid` (traced ints) the true sizes drive the grid, and outputs beyond
+    `out_valid` get zero weights.
     """
     n_in = in_size if in_valid is None else in_valid
     n_out = out_size if out_valid is None else out_valid
-    n_in_f = jnp.asarray(n_in, jnp.float32)
-    n_out_f = jnp.asarray(n_out, jnp.float32)
+    n_in_f = jnp.asarray(n_in, dtype)
+    n_out_f = jnp.asarray(n_out, dtype)
     scale = jnp.where(n_out_f > 1, (n_in_f - 1) / jnp.maximum(n_out_f - 1, 1), 0.0)
-    src = jnp.arange(out_size, dtype=jnp.float32) * scale
+    src = jnp.arange(out_size, dtype=dtype) * scale
     return _taps(src, n_in, out_size, out_valid)
 
 
-def _hp_taps(out_size: int, in_size: int, out_valid=None, in_valid=None):
+def _hp_taps(out_size: int, in_size: int, out_valid=None, in_valid=None, dtype=jnp.float32):
     """Bilinear align_corners=False taps (half-pixel, src clamped at 0, no antialias), as `_ac_taps`.
 
-    PyTorch: scale = float32(in / out), src = max(scale * (dst + 0.5) - 0.5, 0), i1 = min(i0 + 1, in - 1).
+    PyTorch: scale = opmath(in / out), src = max(scale * (dst + 0.5) - 0.5, 0), i1 = min(i0 + 1, in - 1).
     """
     n_in = jnp.asarray(in_size if in_valid is None else in_valid, jnp.int32)
     n_out = jnp.asarray(out_size if out_valid is None else out_valid, jnp.int32)
-    scale = n_in.astype(jnp.float32) / n_out.astype(jnp.float32)
-    src = jnp.maximum(scale * (jnp.arange(out_size, dtype=jnp.float32) + 0.5) - 0.5, 0.0)
+    scale = n_in.astype(dtype) / n_out.astype(dtype)
+    src = jnp.maximum(scale * (jnp.arange(out_size, dtype=dtype) + 0.5) - 0.5, 0.0)
     return _taps(src, n_in, out_size, out_valid)
 
 
 def _taps(src, n_in, out_size, out_valid):
     n_in = jnp.asarray(n_in, jnp.int32)
     i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
-    frac = src - i0.astype(jnp.float32)
+    frac = src - i0.astype(src.dtype)
     i1 = jnp.where(i0 < n_in - 1, i0 + 1, i0)
     w0, w1 = 1.0 - frac, frac
     if out_valid is not None:
-        inside = jnp.arange(out_size) < out_valid
+        inside = jnp.arange(out_size, dtype=jnp.int32) < out_valid
         w0, w1 = jnp.where(inside, w0, 0.0), jnp.where(inside, w1, 0.0)
     return i0, i1, w0, w1
 
@@ -158,18 +166,18 @@ def _taps(src, n_in, out_size, out_valid):
 def _taps_matrix(taps, in_size: int):
     """The (out, in) interpolation matrix of two-tap weights (i1 == i0 on the last row: weights add)."""
     i0, i1, w0, w1 = taps
-    cols = jnp.arange(in_size)[None, :]
-    return ((cols == i0[:, None]) * w0[:, None] + (cols == i1[:, None]) * w1[:, None]).astype(jnp.float32)
+    cols = jnp.arange(in_size, dtype=jnp.int32)[None, :]
+    return ((cols == i0[:, None]) * w0[:, None] + (cols == i1[:, None]) * w1[:, None]).astype(w0.dtype)
 
 
-def _ac_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
+def _ac_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None, dtype=jnp.float32):
     """(out_size, in_size) bilinear align_corners=True interpolation matrix (see `_ac_taps`)."""
-    return _taps_matrix(_ac_taps(out_size, in_size, out_valid, in_valid), in_size)
+    return _taps_matrix(_ac_taps(out_size, in_size, out_valid, in_valid, dtype), in_size)
 
 
-def _hp_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None):
+def _hp_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None, dtype=jnp.float32):
     """(out, in) bilinear align_corners=False interpolation matrix (see `_hp_taps`)."""
-    return _taps_matrix(_hp_taps(out_size, in_size, out_valid, in_valid), in_size)
+    return _taps_matrix(_hp_taps(out_size, in_size, out_valid, in_valid, dtype), in_size)
 
 
 def resize_impl() -> str:
@@ -207,22 +215,25 @@ def resize_ac(x, size: Sequence[int], in_hw=None, out_hw=None, impl=None):
     in_h, in_w = x.shape[1:3]
     if in_hw is None and (out_h, out_w) == (in_h, in_w):
         return x
-    ty, tx = _cached(("ac_taps", out_h, out_w, in_h, in_w), (out_hw, in_hw), lambda: (
-        _ac_taps(out_h, in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0]),
-        _ac_taps(out_w, in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1])))
+    dt = accum_dtype(x.dtype)
+    ty, tx = _cached(("ac_taps", out_h, out_w, in_h, in_w, dt.name), (out_hw, in_hw), lambda: (
+        _ac_taps(out_h, in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0], dt),
+        _ac_taps(out_w, in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1], dt)))
     return _apply_separable(x, ty, tx, impl)
 
 
 def resize_hp(x, size: Sequence[int], in_hw=None, out_hw=None, impl=None):
     """Bilinear resize with align_corners=False (PyTorch default) of x (B, H, W, C)."""
     in_h, in_w = x.shape[1:3]
-    ty = _hp_taps(size[0], in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0])
-    tx = _hp_taps(size[1], in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1])
+    dt = accum_dtype(x.dtype)
+    ty = _hp_taps(size[0], in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0], dt)
+    tx = _hp_taps(size[1], in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1], dt)
     return _apply_separable(x, ty, tx, impl)
 
 
 def resize_nearest(x, size: Sequence[int]):
-    """PyTorch legacy 'nearest': src = floor(dst * in / out)."""
+    """PyTorch legacy 'nearest': src = floor(dst * float32(in / out)) (float32 for every input dtype, as
+    PyTorch's nearest_idx)."""
     in_h, in_w = x.shape[1:3]
     ry = jnp.minimum(jnp.floor(jnp.arange(size[0], dtype=jnp.float32) * jnp.float32(in_h / size[0])), in_h - 1)
     rx = jnp.minimum(jnp.floor(jnp.arange(size[1], dtype=jnp.float32) * jnp.float32(in_w / size[1])), in_w - 1)
@@ -357,7 +368,7 @@ class BatchNorm2d(nnx.Module):
                 raise ValueError("BatchNorm batch statistics are not defined on a padded canvas; train on exact shapes.")
             # Batch statistics to about double precision (PyTorch's CPU kernel accumulates in double):
             # a second pass corrects the float32 mean, and the variance is taken around it.
-            xf = x.astype(jnp.float32)
+            xf = x.astype(accum_dtype(dt))
             mean = jnp.mean(xf, axis=(0, 1, 2))
             mean = mean + jnp.mean(xf - mean, axis=(0, 1, 2))
             d = xf - mean

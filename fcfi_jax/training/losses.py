@@ -10,18 +10,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from fcfi_jax.models.layers import accum_dtype
+
 EPS = 1e-12
 
 
 def normalized_focal_loss(pred, label, mask=None, alpha=0.5, gamma=2.0, ignore_label=-1):
     """Per-sample loss (B,) for pred/label/mask of shape (B, H, W, 1)."""
-    pred = pred.astype(jnp.float32)
-    label = label.astype(jnp.float32)
+    dt = accum_dtype(pred.dtype)  # float32 for float32/bfloat16 outputs, float64 in the float64 mode
+    pred = pred.astype(dt)
+    label = label.astype(dt)
     one = label > 0.5
     sw = label != ignore_label
     if mask is not None:
         sw = sw & (jnp.trunc(mask) == 1)
-    swf = sw.astype(jnp.float32)
+    swf = sw.astype(dt)
     p = jax.nn.sigmoid(pred)
     a = jnp.where(one, alpha * swf, (1 - alpha) * swf)
     pt = jnp.where(sw, 1.0 - jnp.abs(label - p), 1.0)
