@@ -121,7 +121,7 @@ def test_cli_one_line_error_on_truncated_file(fixtures_dir, tmp_path):
     bad.write_bytes(data[: len(data) // 2])
     r = subprocess.run([sys.executable, "tools/convert.py", "--checkpoint", str(bad), "--output", str(tmp_path / "o")],
                        capture_output=True, text=True, cwd=_repo())
-    assert r.returncode == 1
+    assert r.returncode == 2
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("convert:")]
     assert len(lines) == 1 and "not a PyTorch checkpoint" in lines[0], r.stderr
     assert "Traceback" not in r.stderr

@@ -41,6 +41,8 @@ def call(server, path, body=None, *, raw=False):
     """(status, parsed JSON or bytes) for GET (body None), POST JSON (dict) or POST bytes."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(server.url + path, data=data, method="GET" if body is None else "POST")
+    if body is not None:   # the content types the page sends (others are refused: see test_hostile_inputs)
+        req.add_header("Content-Type", "application/octet-stream" if path == "api/image" else "application/json")
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             status, payload = r.status, r.read()

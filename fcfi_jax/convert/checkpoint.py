@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from fcfi_jax.convert.config_schema import ConfigError, validate_model_config, validate_official_config
 from fcfi_jax.convert.mapping import load_official_state_dict
 from fcfi_jax.convert.torch_pickle import CheckpointError, read_official_checkpoint
 from fcfi_jax.models.is_model import ISModel, ModelConfig, build_model, config_from_official
@@ -29,8 +30,9 @@ def convert_official(path) -> tuple[ISModel, dict]:
         raise CheckpointError(f"{path} holds a bare state_dict without the official 'config' entry; "
                               "the architecture cannot be known. Save it with the official save_checkpoint.")
     try:
+        validate_official_config(official_config)   # types, ranges, depth: before anything reads the values
         cfg = config_from_official(official_config)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
     model = build_model(cfg)
     report = load_official_state_dict(model, state_dict)
@@ -67,11 +69,28 @@ def load_converted(directory) -> ISModel:
         raise CheckpointError(f"{directory} is not a converted fcfi_jax checkpoint (expected {CONFIG_FILE} and "
                               f"{STATE_DIR}/ inside; create one with: python tools/convert.py --checkpoint X.pth "
                               f"--output {directory})")
-    meta = json.loads(cfg_path.read_text())
-    model = build_model(ModelConfig.from_dict(meta["model_config"]))
+    redo = f"re-create it with: python tools/convert.py --checkpoint X.pth --output {directory}"
+    if cfg_path.stat().st_size > 1 << 20:   # ~700 bytes when written by save_converted
+        raise CheckpointError(f"{cfg_path} is {cfg_path.stat().st_size} bytes, not a model config; {redo}")
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:   # truncated, not UTF-8, or absurdly nested
+        raise CheckpointError(f"{cfg_path} is not valid JSON ({str(e)[:120]}); {redo}") from None
+    try:
+        if not isinstance(meta, dict) or "model_config" not in meta:
+            raise ConfigError(f"expected an object with 'model_config', found {type(meta).__name__}")
+        cfg = ModelConfig.from_dict(validate_model_config(meta["model_config"]))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{cfg_path}: {e}; {redo}") from None
+    model = build_model(cfg)
     target = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = ocp.StandardCheckpointer().restore(directory / STATE_DIR, abstract)
+    try:
+        restored = ocp.StandardCheckpointer().restore(directory / STATE_DIR, abstract)
+    except Exception as e:   # orbax/tensorstore errors are long multi-line chains: keep the first line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{directory / STATE_DIR} could not be restored ({type(e).__name__}: {first}); "
+                              f"{redo}") from None
     nnx.replace_by_pure_dict(state := nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)), restored)
     nnx.update(model, state)
     model.eval()

@@ -22,14 +22,35 @@ latency_ms = {model: network calls, predict: whole add_click incl. zoom-in/flip,
 
 One `Predictor` per session (own clicks, history and zoom-in state), all sharing one `CanvasRunner`
 (one compiled network) behind a lock. At most `max_sessions` live; the least recently used is evicted.
+
+Bounded memory. Like the official demo (app.py resizes every upload so that its longest side is at most 600),
+an image whose longest side exceeds `max_net_side` (default 800) is downscaled (cv2 INTER_AREA) before the
+predictor sees it; clicks are scaled to it and the probabilities are scaled back (cv2 INTER_LINEAR, then the
+0.49 threshold) to the uploaded size. The network input is therefore at most max(max_net_side, zoom-in target)
+on its longest side, whatever the upload (--max-side only bounds the upload and its decoded pixels), and each
+session keeps at most `max_undo` undo steps (3 float32 maps of at most max_net_side^2 pixels each). Measured peak
+resident memory of a whole demo process (model, XLA, one session) on a CPU, two clicks on a 4096x4096 upload, flip
+on, 720 zoom-in: 1.5 GB with max_net_side 800, 1.7 GB with 1024 (unbounded, the first click alone asked XLA for a
+12.9 GB buffer). Each further session adds at most its upload (3 bytes a pixel, 50 MB at 4096^2) plus
+(27 + 12 * max_undo) bytes per network pixel (~170 MB at 800^2 with 20 undo steps).
+
+Other origins. The server answers only requests addressed to itself: the Host header must name this server
+(localhost, 127.0.0.1, [::1], the bound address, any IP literal when bound to all interfaces, or a name given
+with `allowed_hosts` / --allow-host, e.g. a reverse proxy) on its port, which defeats DNS rebinding; an Origin
+header, when sent, must be the same origin (or an allowed host) and `Sec-Fetch-Site`, when sent, same-origin.
+POST bodies must carry the content types the page sends (application/json, or application/octet-stream /
+image/* for uploads): those need a CORS preflight, which this server never grants, so a page on another site
+cannot post to it. Malformed requests (bad Content-Length, deep or huge JSON, huge numbers) get a 4xx JSON error.
 """
 from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import json
 import mimetypes
 import pathlib
+import re
 import secrets
 import sys
 import threading
@@ -43,10 +64,16 @@ import cv2
 import numpy as np
 
 from fcfi_jax.inference.predictor import Predictor
+from fcfi_jax.predict import fit_side
 
 STATIC_DIR = pathlib.Path(__file__).resolve().with_name("static")
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP"}   # PIL format name -> shown name
 _DRAIN_LIMIT = 1 << 30   # an over-limit body up to this size is read and dropped so the client sees the 413
+DEFAULT_NET_SIDE = 800   # official app.py uses 600; 800 keeps the first (un-zoomed) click closer to the upload
+DEFAULT_MAX_UNDO = 20
+_JSON_MAX_DEPTH = 32     # the page sends a flat object
+_JSON_CTYPES = ("application/json",)
+_UPLOAD_CTYPES = ("application/octet-stream", "image/png", "image/jpeg", "image/bmp")
 
 
 class DemoError(Exception):
@@ -93,12 +120,36 @@ def encode_png(array: np.ndarray, fast: bool = False) -> bytes:
     return buf.tobytes()
 
 
-class Session:
-    """One user's image and predictor; `lock` serialises its requests."""
+def _number_text(v) -> str:
+    """A click coordinate for a message; huge integers are not formatted (int -> float would overflow)."""
+    if isinstance(v, int) and v.bit_length() > 53:
+        return f"an integer of {v.bit_length()} bits"
+    return f"{v:g}"
 
-    def __init__(self, sid: str, image: np.ndarray, predictor: Predictor):
-        self.id, self.image, self.predictor = sid, image, predictor
+
+class Session:
+    """One user's image and predictor; `lock` serialises its requests.
+
+    `image` is the upload (what the page shows and clicks refer to); the predictor works on `net_image`, the
+    upload downscaled to the server's `max_net_side` (the same array when it fits). `clicks` are the clicks in
+    upload pixels, parallel to `predictor.clicks`."""
+
+    def __init__(self, sid: str, image: np.ndarray, net_image: np.ndarray, predictor: Predictor):
+        self.id, self.image, self.net_image, self.predictor = sid, image, net_image, predictor
+        self.clicks: list[tuple[int, int, bool]] = []
         self.lock = threading.Lock()
+
+    @property
+    def scaled(self) -> bool:
+        return self.net_image.shape[:2] != self.image.shape[:2]
+
+    def mask(self) -> np.ndarray:
+        """(H, W) bool mask at the upload's size."""
+        if not self.scaled:
+            return self.predictor.mask
+        h, w = self.image.shape[:2]
+        probs = cv2.resize(self.predictor.probs, (w, h), interpolation=cv2.INTER_LINEAR)
+        return probs > self.predictor.prob_thresh
 
 
 class DemoApp:
@@ -109,17 +160,27 @@ class DemoApp:
     """
 
     def __init__(self, runner, *, zoom_in=(720, 3.0), with_flip=True, max_upload_bytes=20 << 20,
-                 max_side=4096, max_sessions=8):
+                 max_side=4096, max_sessions=8, max_net_side=DEFAULT_NET_SIDE, max_undo=DEFAULT_MAX_UNDO,
+                 allowed_hosts=()):
         self.runner = runner
         self.zoom_in, self.with_flip = (tuple(zoom_in) if zoom_in else None), bool(with_flip)
         self.max_upload_bytes, self.max_side, self.max_sessions = int(max_upload_bytes), int(max_side), int(max_sessions)
+        self.max_net_side, self.max_undo = int(max_net_side), int(max_undo)
+        if min(self.max_upload_bytes, self.max_side, self.max_sessions, self.max_net_side) < 1 or self.max_undo < 0:
+            raise ValueError("DemoApp limits must be positive (max_undo >= 0)")
+        # extra Host names (a reverse proxy, a LAN name): exact, or a suffix starting with '.'
+        hosts = list(allowed_hosts)
+        if "google.colab" in sys.modules:   # Colab's port proxy: Google-run DNS, so no rebinding through it
+            hosts += [".googleusercontent.com", ".colab.dev"]
+        self.allowed_hosts = tuple(h.lower().strip() for h in hosts if h.strip())
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._sessions_lock = threading.Lock()
         self._model_lock = threading.Lock()
 
     def config(self) -> dict:
         return {"max_upload_bytes": self.max_upload_bytes, "max_side": self.max_side,
-                "max_sessions": self.max_sessions, "zoom_in": self.zoom_in, "with_flip": self.with_flip}
+                "max_sessions": self.max_sessions, "zoom_in": self.zoom_in, "with_flip": self.with_flip,
+                "max_net_side": self.max_net_side, "max_undo": self.max_undo}
 
     # ---- sessions ------------------------------------------------------------------------
 
@@ -128,9 +189,11 @@ class DemoApp:
         if len(data) > self.max_upload_bytes:
             raise DemoError(413, _too_large(len(data), self.max_upload_bytes))
         image = decode_image(data, self.max_side)
+        h, w = fit_side(*image.shape[:2], self.max_net_side)
+        net_image = image if (h, w) == image.shape[:2] else cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         predictor = Predictor(self.runner, zoom_in=self.zoom_in, with_flip=self.with_flip)
-        predictor.set_image(image)
-        session = Session(secrets.token_hex(8), image, predictor)
+        predictor.set_image(net_image)
+        session = Session(secrets.token_hex(8), image, net_image, predictor)
         with self._sessions_lock:
             self._sessions[session.id] = session
             while len(self._sessions) > self.max_sessions:
@@ -159,13 +222,18 @@ class DemoApp:
         if not isinstance(positive, bool):
             raise DemoError(400, f"click 'positive' must be true or false, got {positive!r}")
         h, w = s.image.shape[:2]
-        if not (0 <= y < h and 0 <= x < w):
-            raise DemoError(400, f"click (y={y:g}, x={x:g}) is outside the {w}x{h} image "
+        if not (0 <= y < h and 0 <= x < w):   # false for NaN too; exact for huge integers
+            raise DemoError(400, f"click (y={_number_text(y)}, x={_number_text(x)}) is outside the {w}x{h} image "
                                  f"(y must be in [0, {h}), x in [0, {w}))")
+        click = (int(y), int(x), positive)   # upload pixels, truncated like the official Click
+        nh, nw = s.net_image.shape[:2]
+        ny, nx = (min(y * nh / h, nh - 1), min(x * nw / w, nw - 1)) if s.scaled else (y, x)
         with s.lock, self._model_lock:
             t_model = getattr(self.runner, "model_seconds", 0.0)
             t0 = time.perf_counter()
-            s.predictor.add_click(y, x, positive)
+            s.predictor.add_click(ny, nx, positive)
+            s.clicks.append(click)
+            self._cap_history(s)
             predict = time.perf_counter() - t0
             model = getattr(self.runner, "model_seconds", 0.0) - t_model
             state = self._state(s)
@@ -173,30 +241,64 @@ class DemoApp:
         return state
 
     def undo(self, sid) -> dict:
+        """Remove the last click; a no-op once the `max_undo` kept steps are used up (the page is told)."""
         s = self.session(sid)
         with s.lock:
             s.predictor.undo()
+            del s.clicks[len(s.predictor.clicks):]
             return self._state(s)
 
     def reset(self, sid) -> dict:
         s = self.session(sid)
         with s.lock:
             s.predictor.reset()
+            s.clicks.clear()
             return self._state(s)
 
     def mask_png(self, sid) -> bytes:
         s = self.session(sid)
         with s.lock:
-            return encode_png(s.predictor.mask.astype(np.uint8) * 255)
+            return encode_png(s.mask().astype(np.uint8) * 255)
+
+    def _cap_history(self, s: Session):
+        """Keep at most `max_undo` undo steps: each holds the previous probabilities and both feedback maps
+        (12 bytes per network-image pixel), which otherwise grow without bound with every click.
+        Predictor has no public limit yet, so its history list is trimmed from the oldest end."""
+        history = s.predictor._history
+        if len(history) > self.max_undo:
+            del history[:len(history) - self.max_undo]
 
     def image_png(self, sid) -> bytes:
         return encode_png(self.session(sid).image, fast=True)
 
     def _state(self, s: Session) -> dict:
-        mask = s.predictor.mask
+        mask = s.mask()
         return {"session": s.id, "height": mask.shape[0], "width": mask.shape[1],
-                "clicks": [[c.y, c.x, c.is_positive] for c in s.predictor.clicks], "area": int(mask.sum()),
+                "clicks": [list(c) for c in s.clicks], "area": int(mask.sum()),
+                "undo_steps": len(s.predictor._history),
                 "mask_png": base64.b64encode(encode_png(mask.astype(np.uint8) * 255)).decode("ascii")}
+
+
+def _json_depth(body: bytes) -> int:
+    """Deepest [ / { nesting of a JSON text, found without parsing it (strings skipped)."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for c in body:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:      # backslash
+                escaped = True
+            elif c == 0x22:      # quote
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _too_large(n, limit):
@@ -219,8 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
         t0 = time.perf_counter()
         app: DemoApp = self.server.app
         url = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
         try:
+            query = {k: v[0] for k, v in parse_qs(url.query, max_num_fields=16).items()}
+            self._check_origin(app)
             if method == "GET":
                 if url.path in ("/", "/index.html"):
                     return self._static("index.html")
@@ -236,6 +339,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if url.path == "/api/image.png":
                     return self._send(200, app.image_png(query.get("session")), "image/png")
             elif url.path == "/api/image":
+                self._check_content_type(_UPLOAD_CTYPES)
                 return self._json(200, app.open_image(self._body(app.max_upload_bytes)))
             elif url.path in ("/api/click", "/api/undo", "/api/reset"):
                 req = self._json_body()
@@ -252,6 +356,8 @@ class _Handler(BaseHTTPRequestHandler):
                             f"no such endpoint: {method} {url.path}")
         except DemoError as e:
             self._json(e.status, {"error": str(e)})
+        except ValueError as e:   # parse_qs over its field limit, and other malformed request parts
+            self._json(400, {"error": f"malformed request: {str(e)[:200]}"})
         except (BrokenPipeError, ConnectionResetError):
             pass
         except Exception as e:   # a bug: report it to the page and the terminal, keep serving
@@ -260,10 +366,65 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- request/response helpers ------------------------------------------------------------
 
+    def _check_origin(self, app: DemoApp):
+        """403 unless the request is addressed to this server and, for a browser, comes from its own page."""
+        host = self.headers.get("Host", "")
+        if not self._host_ok(app, host):
+            raise DemoError(403, f"this demo server answers only requests addressed to itself; Host {host[:80]!r} "
+                                 "is not one of its names (start it with --allow-host NAME to add one)")
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            parts = urlsplit(origin)
+            same = parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
+            if not (same or (parts.scheme in ("http", "https") and self._allowed_name(app, parts.hostname))):
+                raise DemoError(403, f"requests from other web pages are refused (Origin {origin[:80]!r}); "
+                                     "open the demo's own page")
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            raise DemoError(403, f"requests from other web pages are refused (Sec-Fetch-Site: {site[:20]}); "
+                                 "open the demo's own page")
+
+    def _host_ok(self, app: DemoApp, host: str) -> bool:
+        try:
+            parts = urlsplit("//" + host)
+            name, port = parts.hostname, parts.port
+        except ValueError:
+            return False
+        if not name or parts.path or parts.query or parts.username is not None:
+            return False
+        if self._allowed_name(app, name):   # a proxy or LAN name chosen by the user: any port
+            return True
+        bound = str(self.server.server_address[0]).lower()
+        names = {"localhost", "127.0.0.1", "::1", bound}
+        if name not in names:
+            try:
+                ipaddress.ip_address(name)   # an IP literal cannot be rebound by DNS
+            except ValueError:
+                return False
+            if bound not in ("0.0.0.0", "::", ""):
+                return False
+        return (port or 80) == self.server.server_address[1]
+
+    @staticmethod
+    def _allowed_name(app: DemoApp, name) -> bool:
+        name = (name or "").lower()
+        return any(name == h or (h.startswith(".") and name.endswith(h)) for h in app.allowed_hosts)
+
+    def _check_content_type(self, allowed):
+        """Only the types the page sends: none of them is a CORS 'simple' type, so another site's page
+        cannot send them without a preflight (which is never granted)."""
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype not in allowed:
+            raise DemoError(415, f"Content-Type {ctype[:60] or '(none)'!r} is not accepted here; send "
+                                 f"{' or '.join(allowed)}")
+
     def _body(self, limit: int) -> bytes:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise DemoError(411, "the request needs a Content-Length header")
+        # ASCII digits only: str.isdigit() accepts '²', which int() then rejects; 18 digits bound int()
+        if length is None or not re.fullmatch(r"[0-9]{1,18}", length.strip()):
+            self.close_connection = True   # the body, if any, cannot be skipped without a valid length
+            raise DemoError(411 if length is None else 400,
+                            "the request needs a Content-Length header with the body size in bytes")
         n = int(length)
         if n > limit:
             if n <= _DRAIN_LIMIT:   # read and drop it, so the client gets the 413 instead of a reset
@@ -275,10 +436,15 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n)
 
     def _json_body(self) -> dict:
+        self._check_content_type(_JSON_CTYPES)
+        body = self._body(1 << 16)
+        if _json_depth(body) > _JSON_MAX_DEPTH:
+            raise DemoError(400, f"the request body is nested more than {_JSON_MAX_DEPTH} levels deep; "
+                                 "send a flat JSON object")
         try:
-            req = json.loads(self._body(1 << 16) or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DemoError(400, f"the request body is not valid JSON ({e})") from None
+            req = json.loads(body or b"{}")
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:   # ValueError: also ints > 4300 digits
+            raise DemoError(400, f"the request body is not valid JSON ({str(e)[:120]})") from None
         if not isinstance(req, dict):
             raise DemoError(400, "the request body must be a JSON object")
         return req
@@ -340,7 +506,7 @@ def main(argv=None) -> int:
     import argparse
     import os
 
-    from fcfi_jax.predict import add_predictor_args, parse_zoom_in
+    from fcfi_jax.predict import add_predictor_args, check_predictor_args, parse_zoom_in
 
     p = argparse.ArgumentParser(prog="fcfi_jax.demo", description="Click-to-segment web demo (local browser).")
     p.add_argument("--checkpoint", help="official .pth or converted directory (required)")
@@ -350,6 +516,13 @@ def main(argv=None) -> int:
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
     p.add_argument("--max-side", type=int, default=4096, help="largest accepted image side in pixels")
     p.add_argument("--max-sessions", type=int, default=8, help="live sessions kept (least recently used evicted)")
+    p.add_argument("--max-net-side", type=int, default=DEFAULT_NET_SIDE,
+                   help="longest image side the network sees; larger uploads are downscaled for it and the mask "
+                        "scaled back (bounds memory: see the module docstring)")
+    p.add_argument("--max-undo", type=int, default=DEFAULT_MAX_UNDO, help="undo steps kept per session")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests addressed to NAME (a reverse proxy or LAN name; '.example.org' "
+                        "allows its subdomains); repeatable")
     p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     args = p.parse_args(argv)
@@ -366,9 +539,19 @@ def main(argv=None) -> int:
         zoom = parse_zoom_in(args)
     except ValueError as e:
         return fail(e)
-    for name in ("max_upload_mb", "max_side", "max_sessions"):
-        if getattr(args, name) <= 0:
+    try:
+        check_predictor_args(args)
+    except ValueError as e:
+        return fail(e)
+    for name in ("max_upload_mb", "max_side", "max_sessions", "max_net_side"):
+        if not getattr(args, name) > 0:   # `not >` also refuses NaN
             return fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.max_upload_mb > 1024:
+        return fail(f"--max-upload-mb must be at most 1024, got {args.max_upload_mb}")
+    if args.max_undo < 0:
+        return fail(f"--max-undo must be 0 or more, got {args.max_undo}")
+    if not 0 <= args.port <= 65535:
+        return fail(f"--port must be in 0..65535 (0 picks a free port), got {args.port}")
 
     import fcfi_jax
     from fcfi_jax.convert.mapping import ConversionError
@@ -382,11 +565,13 @@ def main(argv=None) -> int:
     enable_compilation_cache(args.cache_dir)
     app = DemoApp(CanvasRunner(model, step=args.canvas_step or None), zoom_in=zoom, with_flip=not args.no_flip,
                   max_upload_bytes=int(args.max_upload_mb * 2**20), max_side=args.max_side,
-                  max_sessions=args.max_sessions)
+                  max_sessions=args.max_sessions, max_net_side=args.max_net_side, max_undo=args.max_undo,
+                  allowed_hosts=args.allow_host)
     try:
         server = DemoServer(app, args.host, args.port, verbose=args.verbose)
-    except OSError as e:
-        return fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (try another --port)")
+    except (OSError, OverflowError) as e:
+        return fail(f"cannot listen on {args.host}:{args.port}: {getattr(e, 'strerror', None) or e} "
+                    "(try another --port or --host)")
     print(f"FCFI demo on {server.url}  (first click compiles the model: ~30 s on a CPU; Ctrl+C stops)", flush=True)
     try:
         server.serve_forever()

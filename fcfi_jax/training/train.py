@@ -171,6 +171,14 @@ def validate_config(config) -> None:
         errors.append(f"data.crop_size={tuple(config.data.crop_size)} must be (H, W) with both >= 32")
     if not config.lr > 0:
         errors.append(f"lr={config.lr} must be > 0")
+    # 0 means "all" elsewhere, but orbax's max_to_keep=0 deletes every checkpoint of the run: refuse it.
+    if not (isinstance(config.keep_checkpoints, int) and config.keep_checkpoints >= 1):
+        errors.append(f"keep_checkpoints={config.keep_checkpoints} must be an int >= 1 (the checkpoints kept)")
+    if not (isinstance(config.log_every, int) and config.log_every >= 1):
+        errors.append(f"log_every={config.log_every} must be an int >= 1 (steps between log lines)")
+    if config.checkpoint_every_steps < 0 or (config.checkpoint_every_steps == 0
+                                             and not config.checkpoint_every_epochs > 0):
+        errors.append("set checkpoint_every_steps > 0 or checkpoint_every_epochs > 0")
     if config.compute_dtype not in ("float32", "bfloat16"):
         errors.append(f"compute_dtype={config.compute_dtype!r} must be 'float32' or 'bfloat16'")
     if config.num_epochs <= 0 and config.get("total_steps", 0) <= 0:
@@ -258,7 +266,12 @@ def train_and_evaluate(config, workdir) -> dict:
 
     validate_config(config)
     workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    if workdir.exists() and not workdir.is_dir():
+        raise SetupError(f"workdir {workdir} is a file; give a folder (created if missing)")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SetupError(f"cannot create workdir {workdir}: {e.strerror or e}") from None
     if config.get("compilation_cache", True):
         enable_compilation_cache()
     is_main = jax.process_index() == 0
@@ -286,7 +299,15 @@ def train_and_evaluate(config, workdir) -> dict:
         max_to_keep=config.keep_checkpoints, create=True))
     start = manager.latest_step()
     if start is not None:
-        state = manager.restore(start, args=ocp.args.StandardRestore(_abstract(state, replicated)))
+        try:
+            state = manager.restore(start, args=ocp.args.StandardRestore(_abstract(state, replicated)))
+        except Exception as e:   # orbax raises long chained tracebacks: name the step and the way out
+            steps = [s for s in manager.all_steps() if s != start]
+            way = (f"move {workdir / 'checkpoints' / str(start)} aside to resume from step {max(steps)}"
+                   if steps else f"move {workdir / 'checkpoints'} aside to start again")
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise SetupError(f"the latest checkpoint (step {start}) in {workdir / 'checkpoints'} cannot be restored "
+                             f"({type(e).__name__}: {first}); {way}") from None
         logging.info("resumed from %s at step %d", workdir / "checkpoints", start)
         print(f"resumed from step {start} ({workdir / 'checkpoints'})", flush=True)
     start = int(start or 0)
