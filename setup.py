@@ -1,35 +1,63 @@
-"""fcfi_jax: FCFI interactive segmentation in JAX/Flax NNX."""
+"""fcfi_jax: FCFI interactive segmentation in JAX/Flax NNX.
+
+Dependencies are declared as ranges so that `pip install` keeps a compatible JAX, TensorFlow or OpenCV that is
+already installed (Colab ships its own, GPU-enabled ones). `constraints.txt` holds the exact versions CI tests:
+    pip install ".[train,test]" -c constraints.txt
+"""
 from setuptools import find_packages, setup
 
-# Pinned runtime set, tested together (see README "Environment").
+# Conversion, inference (`fcfi_jax.predict`, `fcfi_jax.evaluate`, the demo, the notebook): no TensorFlow.
+# JAX/Flax: from the oldest release tested (tests/test_install.py runs the notebook on jax 0.10.1, CI the suite on
+# the lock) to the next minor release, whose API changes are not known yet. Libraries with stable APIs: wide.
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "tensorflow-cpu==2.21.0",
-    "tensorboard==2.21.0",  # clu.metric_writers needs it; tensorflow-cpu 2.21 no longer pulls it
-    "tensorflow-datasets==4.9.10",
-    "importlib_resources==7.1.0",  # tfds 4.9.10 imports it without declaring it
-    "numpy==2.4.6",
-    "scipy==1.17.1",
-    "protobuf==7.36.2",
-    "opencv-python-headless==5.0.0.93",
-    "ml-collections==1.1.0",
-    "clu==0.0.12",
-    "absl-py==2.5.1",
-    "matplotlib==3.10.8",  # evaluation plots (mIoU vs clicks)
+    "jax>=0.10.1,<0.11",
+    "jaxlib>=0.10.1,<0.11",        # imported directly: the direct 3x3 conv kernel builds against its headers
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.5,<0.3",
+    "orbax-checkpoint>=0.12,<0.13",  # the converted checkpoint format
+    "numpy>=2.0,<3",
+    "scipy>=1.14",
+    "ml-dtypes>=0.5",              # bfloat16 tensors in official checkpoints
+    # Colab ships 4.x (the notebook test runs on 4.13, CI on the lock's 5.0): a 5.x forced beside Colab's
+    # opencv-python 4.x would mix two builds in one cv2 directory.
+    "opencv-python-headless>=4.8,<6",
+    "pillow>=10",                  # demo uploads; palette PNGs of PascalVOC
+    "ml-collections>=1.0",
+    "absl-py>=1.0",
+    "matplotlib>=3.7",             # `fcfi_jax.evaluate` writes miou.png; the notebook draws with it
 ]
 
 EXTRAS_REQUIRE = {
-    # torch is only used by tests to cross-check the torch-free checkpoint reader.
-    # Exact pin: a looser spec pulls a multi-GB CUDA build.
-    # nbclient/nbformat/ipykernel run the Colab notebook headless; playwright drives the system
-    # chromium for the demo's browser test (the test never downloads a browser). pytest-xdist runs the
-    # suite on two workers (most of its time is single-threaded XLA compilation).
-    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
-             "playwright==1.65.2"],
+    # `python -m fcfi_jax.main` (training): tf.data + TFDS input pipeline, clu metric writers (TensorBoard).
+    # Where `tensorflow` is already installed (Colab), install the other four by hand: tensorflow-cpu beside
+    # tensorflow overwrites the same package directory.
+    "train": [
+        "tensorflow-cpu>=2.18,<3",
+        "tensorflow-datasets>=4.9.7,<5",
+        "clu>=0.0.10",
+        "tensorboard>=2.18,<3",     # clu.metric_writers needs it; tensorflow-cpu 2.21 no longer pulls it
+        "importlib_resources",      # tensorflow-datasets 4.9.10 imports it without declaring it
+    ],
+    # ONNX / TF SavedModel export: the exact versions that work together are in constraints.txt.
+    "export": [
+        "onnx>=1.18",
+        "onnxruntime>=1.22",
+        "jax2onnx>=0.12",
+        "orbax-export>=0.0.6",
+    ],
+    # torch only cross-checks the torch-free checkpoint reader; exact version: a range pulls a multi-GB CUDA build.
+    # nbclient/nbformat/ipykernel run the notebook headless; playwright drives the system chromium for the demo's
+    # browser test (the test never downloads a browser); pytest-xdist runs the suite on two workers.
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "torch==2.13.0",
+        "nbclient>=0.10",
+        "nbformat>=5.10",
+        "ipykernel>=6.29",
+        "playwright>=1.50",
+        "ruff>=0.16,<0.17",         # lint rules change between minor releases
+    ],
 }
 
 setup(

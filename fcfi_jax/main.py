@@ -4,11 +4,17 @@ Multi-host (TPU pod slice, several GPU machines): run the same command on every 
 `jax.distributed.initialize()` finds its peers by itself (--distributed); elsewhere pass
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
+import importlib
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+# TensorFlow (the input pipeline, imported in main()) logs C++ INFO and WARNING lines; it reads this once, at
+# import. Set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TRAIN_EXTRA = ("tensorflow", "tensorflow_datasets", "clu", "tensorboard")   # the [train] extra's modules
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:local]).", lock_config=True)
@@ -21,6 +27,27 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
 flags.mark_flags_as_required(["config"])
 
 
+def _import_train_extra():
+    """Import the [train] extra's modules up front: a missing one is then reported before any work starts. With
+    TF_CPP_MIN_LOG_LEVEL >= 2, stderr (fd 2) goes to /dev/null meanwhile: TensorFlow 2.20+ logs a few INFO lines
+    (oneDNN, CPU features) through absl before its logging is set up, where TF_CPP_MIN_LOG_LEVEL does not reach.
+    An import failure is raised after stderr is back."""
+    quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] not in ("0", "1")
+    if quiet:
+        sys.stderr.flush()
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+    try:
+        for module in ("tensorflow", "tensorflow_datasets", "clu.metric_writers"):
+            importlib.import_module(module)
+    finally:
+        if quiet:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -31,7 +58,16 @@ def main(argv):
         if jax.config.jax_platforms in (None, "", "cpu") and FLAGS.coordinator_address:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from fcfi_jax.training.train import NonFiniteLossError, SetupError, train_and_evaluate
+    try:
+        _import_train_extra()
+        from fcfi_jax.training.train import NonFiniteLossError, SetupError, train_and_evaluate
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        print(f"fcfi_jax.main: error: training needs the [train] extra ({e}): pip install '.[train]' in the "
+              "repository (where TensorFlow is installed already: pip install tensorflow-datasets clu tensorboard)",
+              file=sys.stderr)
+        return 2
 
     workdir = FLAGS.workdir
     if workdir is None:

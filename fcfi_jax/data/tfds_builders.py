@@ -240,13 +240,28 @@ def sbd_objects(instances: np.ndarray) -> list:
     return objects
 
 
+# -------------------------------------------------------------------------------------------- base builder
+
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A builder generated from local files: TFDS's "Downloading and preparing dataset Unknown size (download:
+    Unknown size ...)" and "downloaded and prepared" lines would tell of a download that never happens. The two
+    methods are TFDS's private hooks for those lines; should TFDS rename them, its lines come back, nothing else."""
+
+    def _log_download_bytes(self):
+        print(f"Preparing TFDS dataset {self.name} from local files into {self.data_dir} (once; reused next time)",
+              flush=True)
+
+    def _log_download_done(self):
+        pass
+
+
 # ----------------------------------------------------------------------------------------------------- SBD
 
 _SBD_LAYOUT = ("<manual_dir> = benchmark_RELEASE/dataset with img/<name>.jpg, inst/<name>.mat (GTinst struct), "
                "train.txt, val.txt; optional sbd_samples_weights.pkl (or assets/sbd_samples_weights.pkl)")
 
 
-class SbdFcfi(tfds.core.GeneratorBasedBuilder):
+class SbdFcfi(_LocalBuilder):
     """SBD instance segmentation for FCFI training (official SBDDataset)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -316,7 +331,7 @@ _COCO_LAYOUT = ("<manual_dir> with <split>2017/<id>.jpg (or <split>/images/<id>.
                 "and <split>/masks/<id>.pickle for split train (val optional)")
 
 
-class CocolvisFcfi(tfds.core.GeneratorBasedBuilder):
+class CocolvisFcfi(_LocalBuilder):
     """COCO+LVIS in RITM's combined format for FCFI training (official CocoLvisDataset)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -409,7 +424,7 @@ class CocolvisFcfi(tfds.core.GeneratorBasedBuilder):
 EVAL_CONFIGS = ("GrabCut", "Berkeley", "DAVIS", "SBD", "PascalVOC", "COCO_MVal")
 
 
-class InteractiveEval(tfds.core.GeneratorBasedBuilder):
+class InteractiveEval(_LocalBuilder):
     """Evaluation benchmarks (one example per evaluated object) read by fcfi_jax.data.readers."""
 
     VERSION = tfds.core.Version("1.0.0")
