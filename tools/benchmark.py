@@ -8,6 +8,8 @@
     python tools/benchmark.py --what eval --eval-images 50              # the GrabCut NoC evaluation, end to end
     python tools/benchmark.py --what eval --eval-images 50 --cache-dir /tmp/xla  # ... with a persistent cache
     python tools/benchmark.py --what train --models hrnet18s --batch 8  # train-step samples/s at 320x480
+    python tools/benchmark.py --what lockstep --models hrnet18s --eval-images 8 --lockstep-batches 1,4,8
+                                                                        # device-step evaluation, clicks/s per batch
     python tools/benchmark.py --what forward,eval --models hrnet18s --eval-images 15 \
         --official /path/to/FCFI                                          # + the official code, same hour
 
@@ -236,6 +238,36 @@ def eval_row(model, n_images, data_root, canvas_step, cache_dir=None):
             "NoC@90": r["NoC"]["NoC@90"]}
 
 
+def lockstep_rows(model, n_images, batches, data_root, canvas_step, n_clicks=20):
+    """GrabCut NoC evaluation with the device step (fcfi_jax/evaluation/lockstep.py) at several batch sizes:
+    clicks/s in steady state (after the first click of each batch, which compiles), the host share of a step
+    (Python + dispatch time of the step calls over the steady wall time) and the compilations."""
+    import jax
+
+    from fcfi_jax.data.readers import get_dataset
+    from fcfi_jax.evaluation.evaluate import zoom_in_for
+    from fcfi_jax.evaluation.lockstep import LockstepEvaluator
+
+    ds = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))
+    rows = []
+    for b in batches:
+        ev = LockstepEvaluator(model, zoom_in=zoom_in_for(model.cfg.family, "GrabCut"), batch=b,
+                               canvas_step=canvas_step or 16)
+        t0 = time.perf_counter()
+        r = ev.evaluate(ds, n_clicks, range(min(n_images, len(ds))), progress=False)
+        total = time.perf_counter() - t0
+        steady_clicks = sum(s["steady_clicks"] * s["samples"] for s in ev.stats)
+        steady_s = sum(s["steady_s"] for s in ev.stats)
+        host_s = sum(s["host_s"] for s in ev.stats)
+        rows.append({"bench": "lockstep_grabcut", "model": "hrnet18s", "images": r["n_samples"], "batch": ev.batch,
+                     "devices": jax.device_count(), "clicks": n_clicks * r["n_samples"], "total_s": total,
+                     "steady_clicks_per_s": steady_clicks / max(steady_s, 1e-9),
+                     "first_click_s": [s["first_click_s"] for s in ev.stats],
+                     "host_share_of_step": host_s / max(steady_s, 1e-9), "compilations": ev.compile_count,
+                     "NoC@90": r["NoC"]["NoC@90"]})
+    return rows
+
+
 def train_row(name, size, batch, repeats, dtype):
     """Samples/s of the jitted training step (click simulation + forward/backward + Adam, official losses),
     compiled with this package's compiler options (`FCFI_JAX_XLA_DEFAULTS=1` for XLA's)."""
@@ -333,6 +365,8 @@ def main(argv=None):
     p.add_argument("--canvas-step", type=int, default=16,
                    help="canvas bucket of the click and eval rows (the evaluation CLI's default); 0 = exact shapes")
     p.add_argument("--eval-images", type=int, default=2)
+    p.add_argument("--lockstep-batches", default="1,4,8", help="batch sizes of --what lockstep")
+    p.add_argument("--lockstep-clicks", type=int, default=20, help="clicks per sample of --what lockstep")
     p.add_argument("--train-size", default="320x480")
     p.add_argument("--cache-dir", default=None,
                    help="JAX persistent compilation cache for the eval row (a second run loads, not compiles)")
@@ -354,15 +388,15 @@ def main(argv=None):
             p.error(error)
     _IDLE["threshold"] = args.wait_idle
     what = set(args.what.split(","))
-    unknown = what - {"forward", "click", "eval", "train"}
+    unknown = what - {"forward", "click", "eval", "train", "lockstep"}
     if unknown:
-        p.error(f"unknown --what {sorted(unknown)}; choose from forward, click, eval, train")
+        p.error(f"unknown --what {sorted(unknown)}; choose from forward, click, eval, train, lockstep")
     names = args.models.split(",")
     for name in names:
         if name not in MODELS:
             p.error(f"unknown model {name!r}; choose from {MODELS}")
     models = {}
-    if what & {"forward", "click", "eval"}:
+    if what & {"forward", "click", "eval", "lockstep"}:
         for name in names:
             if name == "hrnet18s" and args.checkpoint:
                 import fcfi_jax
@@ -387,6 +421,11 @@ def main(argv=None):
             emit(row)
     if "eval" in what and "hrnet18s" in models:
         emit(eval_row(models["hrnet18s"], args.eval_images, args.data_root, step, args.cache_dir))
+    if "lockstep" in what and "hrnet18s" in models:
+        batches = [int(b) for b in args.lockstep_batches.split(",")]
+        for row in lockstep_rows(models["hrnet18s"], args.eval_images, batches, args.data_root, step,
+                                 args.lockstep_clicks):
+            emit(row)
     if "train" in what:
         h, w = (int(v) for v in args.train_size.split("x"))
         for name in names:
@@ -421,6 +460,11 @@ def main(argv=None):
         elif r["bench"] == "vs_official":
             print(f"{'vs official':17s} {r['what']}: ours {r['ours_s']:.3f}s, official {r['official_s']:.3f}s, "
                   f"ours / official {r['ours_over_official']:.2f} ({1 / r['ours_over_official']:.2f}x faster)")
+        elif r["bench"] == "lockstep_grabcut":
+            print(f"{'lockstep eval':17s} {'hrnet18s':9s} {str(r['images']) + ' images':12s} {'float32':8s} "
+                  f"batch {r['batch']} on {r['devices']} device(s): {r['steady_clicks_per_s']:.3f} clicks/s "
+                  f"(after the first click), host share of a step {100 * r['host_share_of_step']:.2f}%, "
+                  f"total {r['total_s']:.0f}s, {r['compilations']} compilation(s), NoC@90 {r['NoC@90']:.2f}")
         elif r["bench"] == "official_eval_grabcut":
             print(f"{'official eval':17s} {'hrnet18s':9s} {str(r['images']) + ' images':12s} {'float32':8s} "
                   f"{r['s_per_click']:7.3f}s/click, total {r['total_s']:.0f}s")

@@ -1,0 +1,200 @@
+"""NoC evaluation of N samples in lockstep on a `data` device mesh (`python -m fcfi_jax.evaluate --batch N`).
+
+The official protocol (isegm/inference/evaluation.py evaluate_sample) always runs exactly n_clicks clicks per
+sample with no early stop, so N samples can advance together: one compiled program does, for every sample of
+the batch at once, the official next click (`device_clicker.next_click`) and the predictor step
+(`click_step.click_step`), and returns the IoU counts. The batch axis is sharded over a 1-D
+`jax.sharding.Mesh` of all devices named `data` (NamedSharding; the weights are replicated), so the devices
+each run their share of the samples. The session state stays on the device between clicks; the clicks, ROIs
+and IoU counts of all n_clicks steps are fetched once per batch.
+
+Images of different sizes share one image canvas (the largest of the dataset, rounded up to `canvas_step`)
+with per-sample valid sizes; the network runs on one net canvas holding the image canvas and the zoom
+target. The last batch is filled with copies of its first sample (their results are dropped), and the batch
+is rounded up to a multiple of the device count. One compilation per dataset (canvas pair and batch).
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fcfi_jax.evaluation.device_clicker import clicker_inputs, next_click
+from fcfi_jax.evaluation.metrics import _ratio, compute_noc_metrics
+from fcfi_jax.inference.click_step import StepConfig, click_step, init_state, make_tables, model_net
+from fcfi_jax.inference.runner import canvas_size
+
+__all__ = ["LockstepEvaluator", "data_mesh"]
+
+
+def data_mesh(devices=None) -> Mesh:
+    """1-D mesh named `data` over all devices (every process's, for a multi-host job)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+class LockstepEvaluator:
+    """Compiled lockstep click of one model; `evaluate(dataset, ...)` gives `evaluate_dataset`'s results dict.
+
+    zoom_in: (target, expansion) or None; batch: samples per step (rounded up to a multiple of the devices).
+    """
+
+    def __init__(self, model, zoom_in=None, with_flip=True, batch=8, canvas_step=16, mesh=None, dtype=jnp.float32,
+                 prob_thresh=0.49):
+        from flax import nnx
+
+        if int(batch) < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.mesh = mesh if mesh is not None else data_mesh()
+        ndev = self.mesh.devices.size
+        self.batch = -(-int(batch) // ndev) * ndev
+        self.zoom_in = tuple(zoom_in) if zoom_in is not None else None
+        self.with_flip = with_flip
+        self.canvas_step = canvas_step or 16
+        self.dtype = dtype
+        self.prob_thresh = prob_thresh
+        self.ffcm_ratio = model.feature_extractor.correction_module.expan_ratio
+        graphdef, state = nnx.split(model)
+        self._net = model_net(graphdef)
+        self._rep = NamedSharding(self.mesh, P())
+        self._shard = NamedSharding(self.mesh, P("data"))
+        self.params = jax.device_put(state, self._rep)
+        self._fns = {}
+        self.compile_count = 0
+        self.stats = []   # per batch: first click (with compilation) and steady-state timings
+
+    def _fn(self, cfg):
+        """The jitted batched click for a step config (one per canvas pair)."""
+        if cfg not in self._fns:
+            net = self._net
+
+            def one(params, tables, image, hw, state, obj, keep, pred, not_clicked):
+                click, not_clicked = next_click(obj, keep, pred, not_clicked)
+                state, _, mask = click_step(net, cfg, params, tables, image, hw, state, click)
+                inter = jnp.sum(mask & obj & keep)
+                union = jnp.sum((mask | obj) & keep)
+                info = (click, jnp.stack([inter, union]), state.roi, state.has_roi, state.net_hw)
+                return state, mask, not_clicked, info   # info: fresh arrays, the state is donated
+
+            batched = jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
+            # explicit shardings: the outputs fed back next click keep exactly the input sharding (a sharding
+            # chosen by the partitioner could differ and make the second click compile again)
+            rep, shd = self._rep, self._shard
+            self._fns[cfg] = jax.jit(batched, in_shardings=(rep, rep) + (shd,) * 7, out_shardings=shd,
+                                     donate_argnums=(4, 7, 8))
+        return self._fns[cfg]
+
+    @property
+    def xla_compilations(self) -> int:
+        return sum(f._cache_size() for f in self._fns.values())
+
+    def config_for(self, shapes, n_clicks):
+        hc, wc = canvas_size(max(s[0] for s in shapes), max(s[1] for s in shapes), self.canvas_step)
+        hn, wn = hc, wc
+        if self.zoom_in is not None:
+            t = canvas_size(self.zoom_in[0], self.zoom_in[0], self.canvas_step)
+            hn, wn = max(hn, t[0]), max(wn, t[1])
+        slots = max(1, n_clicks)
+        n_pts = -(-slots // 24) * 24   # the host predictor's points bucket
+        return StepConfig(image_canvas=(hc, wc), net_canvas=(hn, wn), zoom_in=self.zoom_in,
+                          with_flip=self.with_flip, prob_thresh=self.prob_thresh, max_clicks=slots, points_n=n_pts)
+
+    def run_batch(self, cfg, tables, samples, n_clicks):
+        """samples: list of (image uint8 (H, W, 3), gt (H, W)) of length <= batch; returns per-sample
+        (ious, clicks, per_click) as `evaluate_sample`."""
+        hc, wc = cfg.image_canvas
+        real = len(samples)
+        samples = list(samples) + [samples[0]] * (self.batch - real)
+        imgs = np.zeros((self.batch, hc, wc, 3), np.dtype(self.dtype))
+        gts = np.zeros((self.batch, hc, wc), np.int32)
+        hws = np.zeros((self.batch, 2), np.int32)
+        for b, (image, gt) in enumerate(samples):
+            h, w = gt.shape
+            imgs[b, :h, :w] = image.astype(np.float32) / np.float32(255)   # torchvision ToTensor
+            gts[b, :h, :w] = gt
+            hws[b] = h, w
+        put = lambda a: jax.device_put(a, self._shard)
+        images, hw = put(imgs), put(hws)
+        obj, keep = jax.jit(clicker_inputs, out_shardings=(self._shard, self._shard))(put(gts), hw)
+        state = jax.tree.map(lambda a: put(np.broadcast_to(np.asarray(a), (self.batch,) + a.shape).copy()),
+                             init_state(cfg, self.dtype))
+        pred = put(np.zeros((self.batch, hc, wc), bool))
+        not_clicked = put(np.ones((self.batch, hc, wc), bool))
+        fn = self._fn(cfg)
+        before = fn._cache_size()
+        records = []
+        t0 = time.perf_counter()
+        host = 0.0
+        t_steady = t0
+        for k in range(n_clicks):   # no device -> host transfer inside this loop
+            t = time.perf_counter()
+            state, pred, not_clicked, info = fn(self.params, tables, images, hw, state, obj, keep, pred, not_clicked)
+            if k:
+                host += time.perf_counter() - t   # Python + dispatch of an already compiled step
+            records.append(info)
+            if k == 0:   # a sync (no transfer) to time the first click (compilation) apart from the rest
+                jax.block_until_ready(info)
+                t_steady = time.perf_counter()
+        records = jax.device_get(records)
+        t_end = time.perf_counter()
+        wall = (t_end - t0) / max(n_clicks, 1)
+        self.stats.append({"samples": real, "batch": self.batch, "first_click_s": t_steady - t0,
+                           "steady_clicks": max(n_clicks - 1, 0), "steady_s": t_end - t_steady, "host_s": host})
+        self.compile_count += fn._cache_size() - before
+        nb = 2 if self.with_flip else 1
+        out = []
+        for b in range(real):
+            ious, clicks, per_click = [], [], []
+            for click, counts, roi, has_roi, net_hw in records:
+                ious.append(float(_ratio(counts[b, 0], counts[b, 1])))
+                clicks.append([int(click[b, 0]), int(click[b, 1]), bool(click[b, 2])])
+                per_click.append({"net_input_shape": [nb, int(net_hw[b, 0]), int(net_hw[b, 1]), 4],
+                                  "zoom_roi_rmin_rmax_cmin_cmax": [int(v) for v in roi[b]] if has_roi[b] else None,
+                                  "wall_s": wall})
+            out.append((ious, clicks, per_click))
+        return out
+
+    def evaluate(self, dataset, n_clicks=20, indices=None, progress=True):
+        """The protocol over `dataset` in lockstep batches; the results dict of `evaluate_dataset`."""
+        indices = list(range(len(dataset))) if indices is None else list(indices)
+        t_start = time.perf_counter()
+        loaded = []
+        for i in indices:
+            try:
+                loaded.append((i, dataset[i]))
+            except ValueError as e:   # corrupt image or mask: report it and evaluate the rest
+                print(f"evaluate: skipping {dataset.name} sample {i}: {e}", file=sys.stderr)
+        samples, all_ious = [], []
+        if loaded:
+            cfg = self.config_for([s.gt.shape for _, s in loaded], n_clicks)
+            tables = jax.device_put(make_tables(cfg, self.ffcm_ratio), self._rep)
+            for start in range(0, len(loaded), self.batch):
+                chunk = loaded[start:start + self.batch]
+                res = self.run_batch(cfg, tables, [(s.image, s.gt) for _, s in chunk], n_clicks)
+                for (i, s), (ious, clicks, per_click) in zip(chunk, res):
+                    all_ious.append(ious)
+                    samples.append({"index": int(i), "image_name": s.name, "image_hw": list(s.gt.shape),
+                                    "iou": ious, "clicks": clicks, "per_click": per_click})
+                if progress:
+                    m = compute_noc_metrics(all_ious, max_clicks=n_clicks)
+                    print(f"\r{dataset.name}: {len(samples)}/{len(indices)} images | NoC@85 {m.noc[1]:.2f} "
+                          f"NoC@90 {m.noc[2]:.2f} | {time.perf_counter() - t_start:.0f}s", end="", file=sys.stderr,
+                          flush=True)
+            if progress:
+                print(file=sys.stderr)
+        elapsed = time.perf_counter() - t_start
+        metrics = compute_noc_metrics(all_ious, max_clicks=n_clicks) if all_ious else None
+        n_total = n_clicks * len(samples)
+        return {
+            "dataset": dataset.name, "n_samples": len(samples), **(metrics.as_dict() if metrics else {}),
+            "timing": {"wall_seconds": elapsed, "wall_seconds_per_click": elapsed / max(n_total, 1),
+                       "model_seconds_per_click": elapsed / max(n_total, 1),
+                       "note": f"lockstep batch {self.batch} on {self.mesh.devices.size} device(s): wall = whole "
+                               "loop including compilation; the clicker, transforms and network run in one "
+                               "device program, so model = wall"},
+            "per_image": samples,
+        }
