@@ -1,4 +1,8 @@
-"""Shared test fixtures: paths to ../shared (fixtures and real data) and float32 parity settings."""
+"""Shared test fixtures: paths to ../shared (fixtures and real data), float32 parity settings, and the skip rule.
+
+Skips fail the run: a test that cannot run here (no fixtures, no compiler, no chromium, no torch) hides a missing
+prerequisite, and README's set-up commands install all of them. `ALLOWED_SKIPS` lists the exceptions.
+"""
 import os
 import pathlib
 
@@ -12,16 +16,42 @@ SHARED = pathlib.Path(os.environ.get("FCFI_SHARED", REPO.parent / "shared"))
 FIXTURES = SHARED / "fixtures"
 DATA = SHARED / "data"
 
+# Substrings of skip reasons that may skip without failing the run. None today.
+ALLOWED_SKIPS: tuple[str, ...] = ()
+_unexpected_skips: list[str] = []
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not FIXTURES.is_dir():
-        pytest.skip(f"official fixtures not found at {FIXTURES} (set FCFI_SHARED)")
+        pytest.fail(f"official fixtures not found at {FIXTURES}: put the project's shared/ folder beside the "
+                    "repository or set FCFI_SHARED", pytrace=False)
     return FIXTURES
 
 
 @pytest.fixture(scope="session")
 def data_dir():
     if not DATA.is_dir():
-        pytest.skip(f"benchmark data not found at {DATA} (set FCFI_SHARED)")
+        pytest.fail(f"benchmark data not found at {DATA}: put the project's shared/ folder beside the repository "
+                    "or set FCFI_SHARED", pytrace=False)
     return DATA
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if not any(allowed in reason for allowed in ALLOWED_SKIPS):
+            _unexpected_skips.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _unexpected_skips and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unexpected_skips:
+        terminalreporter.write_line(f"{len(_unexpected_skips)} test(s) skipped, which fails the run (install what "
+                                    "they need, see README; allow-list in tests/conftest.py):", red=True)
+        for line in _unexpected_skips:
+            terminalreporter.write_line(f"  {line}", red=True)

@@ -3,7 +3,6 @@ import csv
 import json
 
 import numpy as np
-import pytest
 
 import fcfi_jax
 from fcfi_jax.convert.checkpoint import save_converted

@@ -6,7 +6,6 @@ zip archives laid out like torch.save's. Checkpoints are read in a subprocess un
 (RLIMIT_AS), so a regression that starts allocating fails the test instead of exhausting the machine; each case
 must fail with its own reason (a MemoryError turned into a generic message would not match).
 """
-import http.client
 import json
 import os
 import pathlib

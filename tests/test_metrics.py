@@ -4,8 +4,15 @@ import json
 import numpy as np
 import pytest
 
-from fcfi_jax.evaluation.metrics import (NOC_THRESHOLDS, assd, boundary_iou, compute_noc_metrics, iou,
-                                         official_thresholds, time_metrics)
+from fcfi_jax.evaluation.metrics import (
+    NOC_THRESHOLDS,
+    assd,
+    boundary_iou,
+    compute_noc_metrics,
+    iou,
+    official_thresholds,
+    time_metrics,
+)
 
 
 @pytest.mark.parametrize("name", ["eval_grabcut_hrnet18s_random.json", "eval_grabcut_hrnet18s_clicky_every10.json"])

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fcfi_jax.inference.predictor import Predictor, new_points_array, points_array
-from fcfi_jax.inference.transforms import (ZoomIn, bbox_iou, clicks_inside, object_roi, resize_ac,
-                                           zoomed_size)
+from fcfi_jax.inference.transforms import ZoomIn, bbox_iou, clicks_inside, object_roi, resize_ac, zoomed_size
 
 
 def torch_ac(x_hwc, size):

@@ -10,7 +10,6 @@ from scipy.io import savemat
 
 from fcfi_jax.data.readers import Sample, get_dataset, grabcut_mask
 
-
 # ------------------------------------------------------------------------------------------------ helpers
 
 def voc_palette():

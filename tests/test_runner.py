@@ -13,8 +13,8 @@ SMALL_DEEPLAB = dict(family="deeplab", backbone="resnet50", deeplab_ch=32, mid_c
 
 def _randomize_bn(model, seed=0):
     """Non-trivial BatchNorm statistics so that a leak outside the valid region would show."""
-    from flax import nnx
     import jax.numpy as jnp
+    from flax import nnx
 
     rng = np.random.default_rng(seed)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
@@ -128,6 +128,7 @@ def test_host_level_masks_serve_the_down2_chain_only():
     """`canvas_level_masks` are the valid regions of the canvas levels (ceil halving, as the strided convs), and
     inside `canvas_cache(hw, masks)` they are what `valid_mask` returns for hw, down2(hw), ... and nothing else."""
     import jax.numpy as jnp
+
     from fcfi_jax.models.layers import canvas_cache, canvas_level_masks, down2, valid_mask
 
     masks = canvas_level_masks((128, 96), (101, 95), levels=4)

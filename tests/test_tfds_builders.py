@@ -10,8 +10,13 @@ from scipy.io import loadmat
 
 from fcfi_jax.data import readers, synthetic
 from fcfi_jax.data.pipeline import record_to_sample
-from fcfi_jax.data.tfds_builders import (SBD_WEIGHTS_FILE, UnsafePickleError, prepare_builder,
-                                         safe_pickle_load, sbd_objects)
+from fcfi_jax.data.tfds_builders import (
+    SBD_WEIGHTS_FILE,
+    UnsafePickleError,
+    prepare_builder,
+    safe_pickle_load,
+    sbd_objects,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +91,9 @@ def test_missing_folders_are_named(tmp_path):
 
 
 def test_empty_manual_dir_is_named_through_tfds(tmp_path):
-    from fcfi_jax.data.tfds_builders import SbdFcfi
     import tensorflow_datasets as tfds
+
+    from fcfi_jax.data.tfds_builders import SbdFcfi
     (tmp_path / "empty").mkdir()
     builder = SbdFcfi(data_dir=str(tmp_path / "tfds"), file_format="array_record")
     with pytest.raises(FileNotFoundError, match=r"manual_dir not found or empty: .*empty"):

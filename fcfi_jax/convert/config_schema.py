@@ -189,8 +189,9 @@ def validate_official_config(config) -> dict:
 
 def validate_model_config(d) -> dict:
     """Check the `model_config` of a converted directory (ModelConfig.to_dict() written as JSON)."""
-    from fcfi_jax.models.is_model import ModelConfig
     import dataclasses
+
+    from fcfi_jax.models.is_model import ModelConfig
 
     where = "model_config"
     if not isinstance(d, dict):

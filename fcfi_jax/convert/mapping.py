@@ -12,8 +12,8 @@ ConvBN for PyTorch's anonymous Sequential) dropped. Values change layout only:
 """
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 DROPPABLE_SUFFIX = ".num_batches_tracked"

@@ -183,8 +183,8 @@ def make_train_dataset(builder_or_dir, split: str = "train", crop_size=(320, 480
     hosts); each host yields batch_size / process_count. train (default: split starts with 'train') selects
     the training augmentation, else pad + random crop. None-valued settings come from PRESETS.
     num_epochs None repeats forever. start_step (global steps, added to start_epoch) resumes mid-epoch: the
-    stream then continues exactly where an uninterrupted run would be. return_info=True also returns a dict (num_examples, epoch_len,
-    steps_per_epoch, local_batch_size, weighted, settings)."""
+    stream then continues exactly where an uninterrupted run would be. return_info=True also returns a dict
+    (num_examples, epoch_len, steps_per_epoch, local_batch_size, weighted, settings)."""
     builder = load_builder(builder_or_dir)
     if getattr(builder.info.file_format, "value", builder.info.file_format) != "array_record":
         raise ValueError(f"{builder.name} at {builder.data_dir} is stored as {builder.info.file_format}; the "

@@ -10,7 +10,6 @@ Images and maps are (H, W) or (H, W, C) float32 arrays; clicks are (y, x, is_pos
 
 import numpy as np
 
-
 # ----------------------------------------------------------------------------------------------
 # Align-corners bilinear resize
 

@@ -42,7 +42,7 @@ def _cpu_id() -> str:
     """What -march=native compiles for: the CPU's model and flags (a shared cache serves several machines)."""
     try:
         lines = open("/proc/cpuinfo").read().splitlines()
-        return "\n".join(sorted({l for l in lines if l.startswith(("model name", "flags"))}))
+        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags"))}))
     except OSError:
         return platform.processor()
 
@@ -66,7 +66,7 @@ def _compile() -> Path:
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode:
-            errors = [l for l in res.stderr.splitlines() if "error" in l] or res.stderr.splitlines() or [""]
+            errors = [ln for ln in res.stderr.splitlines() if "error" in ln] or res.stderr.splitlines() or [""]
             raise RuntimeError(f"{cxx} exited with {res.returncode}: {errors[0][-300:]}")
         os.replace(tmp, lib)
     finally:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fcfi_jax.models.layers import ConvBNReLU, Conv2d, XConvBNReLU, accum_dtype, apply_mask, resize_ac
+from fcfi_jax.models.layers import Conv2d, ConvBNReLU, XConvBNReLU, accum_dtype, apply_mask, resize_ac
 
 
 def ffcm_half_size(expansion_ratio: float, fb_h: int, fb_w: int) -> tuple[int, int]:

@@ -10,8 +10,17 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fcfi_jax.models.fcfi_modules import CollaborativeFeedbackFusionModule, FocusedCorrectionModule
-from fcfi_jax.models.layers import (BatchNorm2d, Conv2d, ConvBN, accum_dtype, apply_mask, conv_bn, down2, relu,
-                                    resize_ac, valid_mask)
+from fcfi_jax.models.layers import (
+    BatchNorm2d,
+    Conv2d,
+    ConvBN,
+    accum_dtype,
+    conv_bn,
+    down2,
+    relu,
+    resize_ac,
+    valid_mask,
+)
 from fcfi_jax.models.resnet import BasicBlockV1b, BottleneckV1b, make_layer, run_layer
 
 

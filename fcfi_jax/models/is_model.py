@@ -13,7 +13,6 @@ Call signature of both (NHWC):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +22,19 @@ from flax import nnx
 from fcfi_jax.models.deeplab import DeepLabV3Plus
 from fcfi_jax.models.fcfi_modules import ffcm_half_size
 from fcfi_jax.models.hrnet import HighResolutionNet
-from fcfi_jax.models.layers import (Conv2d, Holder, accum_dtype, apply_mask, canvas_cache, down2, leaky_relu, relu,
-                                    resize_ac, resize_hp, resize_nearest)
+from fcfi_jax.models.layers import (
+    Conv2d,
+    Holder,
+    accum_dtype,
+    apply_mask,
+    canvas_cache,
+    down2,
+    leaky_relu,
+    relu,
+    resize_ac,
+    resize_hp,
+    resize_nearest,
+)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

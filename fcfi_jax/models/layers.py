@@ -24,7 +24,6 @@ from flax import nnx
 
 from fcfi_jax.models import direct_conv
 
-
 # ----------------------------------------------------------------------------------------
 # Canvas helpers
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
 from fcfi_jax.convert.mapping import official_key
 
 # Official keys (prefixes) trained at 1x inside an otherwise 0.1x HRNet feature extractor (spec 1.6).
