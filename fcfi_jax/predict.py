@@ -72,6 +72,13 @@ def add_predictor_args(parser):
     parser.add_argument("--canvas-step", type=int, default=128, help="0 = exact shapes")
 
 
+def add_dtype_arg(parser):
+    """--dtype of predict and evaluate: float64 runs network and predictor in float64 (docs/parity.md)."""
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                        help="float64: parameters, image, network and probabilities in float64 (slower; for "
+                             "checking against the official code run in float64)")
+
+
 def check_predictor_args(args):
     """ValueError with the fix for predictor options no run can use (shared with the demo server)."""
     if not 0 <= args.canvas_step <= 4096:
@@ -178,9 +185,10 @@ def main(argv=None):
     p.add_argument("--image", required=True)
     p.add_argument("--clicks", required=True, help="'y,x,+;y,x,-;...'")
     p.add_argument("--output", required=True, help="final mask PNG (0/255)")
-    p.add_argument("--save-probs", help="probabilities after the last click, (H, W) float32 .npy")
+    p.add_argument("--save-probs", help="probabilities after the last click, (H, W) .npy in --dtype (float32 by default)")
     p.add_argument("--save-overlay", help="image with mask and clicks drawn, PNG")
     p.add_argument("--per-click-dir", help="write the mask after every click here")
+    add_dtype_arg(p)
     p.add_argument("--max-net-side", type=int, default=DEFAULT_NET_SIDE,
                    help="longest image side the network sees; larger images are downscaled for it and the "
                         "results scaled back (bounds memory)")
@@ -235,7 +243,7 @@ def main(argv=None):
 
     enable_compilation_cache()
     try:
-        model = fcfi_jax.load_model(args.checkpoint)
+        model = fcfi_jax.load_model(args.checkpoint, dtype=args.dtype)
     except (CheckpointError, ConversionError, FileNotFoundError) as e:
         return fail(e)
     # ---- compute ------------------------------------------------------------------------------------
@@ -244,8 +252,8 @@ def main(argv=None):
     net_image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA) if scaled else image
     if scaled:
         print(f"image {w}x{h} is larger than --max-net-side {args.max_net_side}: the network sees it at {nw}x{nh}")
-    predictor = Predictor(CanvasRunner(model, step=args.canvas_step or None), zoom_in=zoom,
-                          with_flip=not args.no_flip)
+    predictor = Predictor(CanvasRunner(model, step=args.canvas_step or None, dtype=args.dtype), zoom_in=zoom,
+                          with_flip=not args.no_flip, dtype=args.dtype)
     predictor.set_image(net_image)
 
     def full_probs():
@@ -268,7 +276,7 @@ def main(argv=None):
         print(f"wrote {args.output}")
         if args.save_probs:
             buf = io.BytesIO()
-            np.save(buf, probs.astype(np.float32))
+            np.save(buf, probs.astype(predictor.dtype))
             write_atomic(args.save_probs, buf.getvalue())
             print(f"wrote {args.save_probs}")
         if args.save_overlay:

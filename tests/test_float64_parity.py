@@ -56,6 +56,37 @@ def _r101_checkpoint(fixtures_dir, tmp_path):
     return path
 
 
+def _replay(golden, ref, arch, outputs, forward):
+    """Max abs error per (click, output) of `forward(x, points, new_points, gate)` on the references' inputs: the
+    float32 goldens' image (RGB / 255 in float32) and previous probabilities, cast to float64."""
+    rgb = (golden["image_rgb"] / np.float32(255)).astype(np.float64)
+    prev = np.zeros(rgb.shape[:2])
+    errors = {}
+    for k in (1, 2, 3):
+        x = np.concatenate([rgb, prev[..., None]], -1)[None]
+        out = forward(x, np.asarray(golden[f"click{k}_in_points"], np.float64), golden[f"click{k}_in_new_points"],
+                      float(golden[f"click{k}_in_gate"]))
+        for name in outputs:
+            assert np.asarray(out[name]).dtype == np.float64, name
+            r = ref[f"{arch}_click{k}_{name}"].transpose(0, 2, 3, 1)
+            errors[f"click{k} {name}"] = float(np.abs(np.asarray(out[name]) - r).max())
+        prev = golden[f"click{k}_pred_probs"].astype(np.float64)
+    return errors
+
+
+def test_canvas_runner_matches_official_float64(x64, fixtures_dir):
+    """The predictor's network path in the float64 mode: the 333x417 input inside a 384x512 zero canvas."""
+    from fcfi_jax.inference.runner import CanvasRunner
+
+    runner = CanvasRunner(_model64(fixtures_dir / "hrnet18s_random.pth"), step=128, dtype=jnp.float64)
+    golden = np.load(fixtures_dir / "golden_hrnet18s_crop333x417.npz")
+    ref = np.load(fixtures_dir / "golden_float64_forward.npz")
+    errors = _replay(golden, ref, "hrnet18s", ["instances", "updated_feedback1", "updated_feedback2"], runner)
+    report = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
+    print(f"hrnet18s float64 canvas runner max abs: {report}")
+    assert max(errors.values()) <= FORWARD_ATOL, report
+
+
 @pytest.mark.parametrize("arch", ["hrnet18s", "r101"])
 def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch):
     if arch == "hrnet18s":
@@ -67,20 +98,8 @@ def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch):
     golden = np.load(fixtures_dir / f"golden_{arch}_crop333x417.npz")
     ref = np.load(fixtures_dir / "golden_float64_forward.npz")
     fwd = nnx.jit(lambda m, x, p, n, g: m(x, p, n, g, is_training=False))
-    # The references' inputs: the float32 goldens' image (RGB / 255 in float32) and previous probabilities,
-    # cast to float64.
-    rgb = (golden["image_rgb"] / np.float32(255)).astype(np.float64)
-    prev = np.zeros(rgb.shape[:2])
-    errors = {}
-    for k in (1, 2, 3):
-        x = np.concatenate([rgb, prev[..., None]], -1)[None]
-        out = fwd(model, jnp.asarray(x), jnp.asarray(golden[f"click{k}_in_points"], jnp.float64),
-                  jnp.asarray(golden[f"click{k}_in_new_points"]), jnp.float64(golden[f"click{k}_in_gate"]))
-        for name in outputs:
-            assert out[name].dtype == jnp.float64, name
-            r = ref[f"{arch}_click{k}_{name}"].transpose(0, 2, 3, 1)
-            errors[f"click{k} {name}"] = float(np.abs(np.asarray(out[name]) - r).max())
-        prev = golden[f"click{k}_pred_probs"].astype(np.float64)
+    errors = _replay(golden, ref, arch, outputs,
+                     lambda x, p, n, g: fwd(model, jnp.asarray(x), jnp.asarray(p), jnp.asarray(n), jnp.float64(g)))
     report = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
     print(f"{arch} float64 forward max abs: {report}")
     assert max(errors.values()) <= FORWARD_ATOL, report

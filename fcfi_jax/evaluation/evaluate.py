@@ -1,4 +1,4 @@
-"""The standard NoC evaluation (official protocol, spec 8): 20 clicks per sample from the official
+"""The standard NoC evaluation (official protocol, docs/official_quirks.md #23): 20 clicks per sample from the official
 clicker, zoom-in with per-dataset settings, flip TTA, NoC@80/85/90, NoF, mIoU per click, timing.
 
     python -m fcfi_jax.evaluate --checkpoint hrnet18s.pth --datasets GrabCut,Berkeley \
@@ -23,7 +23,7 @@ import numpy as np
 from fcfi_jax.evaluation.clicker import Clicker
 from fcfi_jax.evaluation.metrics import compute_noc_metrics, iou
 
-# Official per-dataset zoom-in (target size, expansion ratio), configs/val/*.yml (spec 8.2).
+# Official per-dataset zoom-in (target size, expansion ratio), configs/val/*.yml (docs/official_quirks.md #30).
 ZOOM_IN = {
     "hrnet": {"GrabCut": (700, 3.0), "Berkeley": (720, 2.8), "DAVIS": (720, 3.5), "SBD": (480, 2.3)},
     "deeplab": {"GrabCut": (600, 3.2), "Berkeley": (720, 2.5), "DAVIS": (640, 3.0), "SBD": (480, 2.3)},
@@ -129,7 +129,8 @@ def write_reports(results: list[dict], out_dir) -> None:
     plt.close(fig)
 
 
-def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, canvas_step=16, runner=None):
+def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, canvas_step=16, runner=None,
+                    dtype="float32"):
     """Predictor with the official settings for `dataset` (zoom_in: 'official', None or (target, ratio)).
 
     canvas_step 16: a zoomed 525x700 input runs on a 528x704 canvas (+1% pixels; 640x768, +34%, with 128).
@@ -142,7 +143,7 @@ def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, can
     if zoom_in == "official":
         zoom_in = zoom_in_for(model.cfg.family, dataset)
     runner = runner if runner is not None else CanvasRunner(model, step=canvas_step)
-    return Predictor(runner, zoom_in=zoom_in, with_flip=with_flip)
+    return Predictor(runner, zoom_in=zoom_in, with_flip=with_flip, dtype=dtype)
 
 
 def main(argv=None):
@@ -169,6 +170,9 @@ def main(argv=None):
                         "batch sharded over all devices (fcfi_jax/evaluation/lockstep.py); default: one sample at "
                         "a time with the host predictor")
     p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
+    from fcfi_jax.predict import add_dtype_arg, check_output_dir, parse_zoom_in
+
+    add_dtype_arg(p)
     args = p.parse_args(argv)
 
     overrides = {}
@@ -178,14 +182,24 @@ def main(argv=None):
         k, v = item.split("=", 1)
         overrides[k.strip().lower()] = v
     zoom = None if args.no_zoom_in else "official"
-    if args.zoom_in:
-        try:
-            t, e = args.zoom_in.split(",")
-            zoom = (int(t), float(e))
-        except ValueError:
-            p.error(f"--zoom-in expects TARGET,EXPANSION (e.g. 700,3.0), got {args.zoom_in!r}")
+    try:
+        if args.zoom_in and not args.no_zoom_in:
+            zoom = parse_zoom_in(args)
+        check_output_dir(args.output, "--output")
+    except ValueError as e:
+        p.error(str(e))
     if args.batch is not None and args.batch < 1:
         p.error(f"--batch must be a positive number of samples, got {args.batch}")
+    if args.batch is not None and args.dtype != "float32":
+        p.error("--dtype float64 runs the host predictor: leave out --batch")
+    if not 1 <= args.n_clicks <= 100:
+        p.error(f"--n-clicks must be in [1, 100] (official: 20), got {args.n_clicks}")
+    if args.every < 1:
+        p.error(f"--every must be >= 1 (1 = every sample), got {args.every}")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit must be >= 1, got {args.limit}")
+    if not 0 <= args.canvas_step <= 4096:
+        p.error(f"--canvas-step must be 0 (exact shapes) or a step in pixels up to 4096, got {args.canvas_step}")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     datasets = []
     for name in names:  # open every dataset first: a missing folder fails before any compute
@@ -200,17 +214,25 @@ def main(argv=None):
     from fcfi_jax.inference.runner import CanvasRunner, enable_compilation_cache
 
     enable_compilation_cache(args.cache_dir)
-    model = fcfi_jax.load_model(args.checkpoint)
+    from fcfi_jax.convert.mapping import ConversionError
+    from fcfi_jax.convert.torch_pickle import CheckpointError
+
+    try:
+        model = fcfi_jax.load_model(args.checkpoint, dtype=args.dtype)
+    except (CheckpointError, ConversionError, FileNotFoundError) as e:
+        print(f"evaluate: error: {e}", file=sys.stderr)
+        return 2
     if args.batch is not None:
         results = _evaluate_lockstep(model, datasets, zoom, args)
         write_reports(results, args.output)
         print(f"wrote {args.output}/results.json, summary.csv, miou.png")
         return 0
-    runner = CanvasRunner(model, step=args.canvas_step or None)  # shared: a canvas compiles once for all datasets
+    # shared: a canvas compiles once for all datasets
+    runner = CanvasRunner(model, step=args.canvas_step or None, dtype=args.dtype)
     results = []
     for ds in datasets:
         compiled_before, reused_before = runner.compile_count, runner.reused_calls
-        predictor = build_predictor(model, ds.name, zoom, not args.no_flip, runner=runner)
+        predictor = build_predictor(model, ds.name, zoom, not args.no_flip, runner=runner, dtype=args.dtype)
         idx = list(range(0, len(ds), args.every))[:args.limit]
         r = evaluate_dataset(predictor, ds, args.n_clicks, idx)
         compiled = runner.compile_count - compiled_before

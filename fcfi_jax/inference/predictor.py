@@ -11,9 +11,9 @@ The network is any callable with the fixed contract
       gate       Python float
       -> dict with 'instances' (logits), 'updated_feedback1', 'updated_feedback2', each (B, H, W, 1)
 
-`Predictor.get_prediction` reproduces isegm/inference/predictors/base.py get_prediction (spec 8.4);
+`Predictor.get_prediction` reproduces isegm/inference/predictors/base.py get_prediction (docs/official_quirks.md #24-#26);
 `set_image`/`add_click`/`undo`/`reset` wrap it into the session semantic of the official evaluate_sample
-(spec 8.3): first click with a zero prev mask and gate 0, later clicks with the previous probabilities
+(docs/official_quirks.md #23): first click with a zero prev mask and gate 0, later clicks with the previous probabilities
 and gate 1.
 """
 
@@ -30,10 +30,12 @@ class Click(NamedTuple):
     is_positive: bool
 
 
-def sigmoid(x):
-    """float32 logistic function (exp overflow for very negative logits gives the exact limit 0)."""
+def sigmoid(x, dtype=np.float32):
+    """Logistic function in `dtype` (float32, or float64 in the float64 mode); exp overflow for very negative
+    logits gives the exact limit 0."""
+    f = np.dtype(dtype).type
     with np.errstate(over="ignore"):
-        return (np.float32(1) / (np.float32(1) + np.exp(-np.asarray(x, np.float32)))).astype(np.float32)
+        return (f(1) / (f(1) + np.exp(-np.asarray(x, dtype)))).astype(dtype)
 
 
 def points_array(clicks_lists, bucket: int = 1) -> np.ndarray:
@@ -77,12 +79,12 @@ def _check_image(image):
         raise ValueError(f"image is empty: shape {image.shape}, expected H >= 1 and W >= 1")
 
 
-def _check_map(m, hw, name):
+def _check_map(m, hw, name, dtype=np.float32):
     m = np.asarray(m)
     if m.shape != tuple(hw):
         raise ValueError(f"{name} must have the image's shape (H, W) = {tuple(hw)}, got {m.shape}")
     if m.dtype == bool or np.issubdtype(m.dtype, np.number):
-        return m.astype(np.float32)
+        return m.astype(dtype)
     raise ValueError(f"{name} must be a boolean or numeric array, got dtype {m.dtype}")
 
 
@@ -92,12 +94,16 @@ class Predictor:
     zoom_in: (target_size, expansion_ratio) for the official ZoomIn (other ZoomIn parameters at their
     official defaults), or None. with_flip: horizontal-flip TTA, run as ONE net call with batch 2.
     prob_thresh: mask = probs > prob_thresh (0.49 official). max_points_bucket: N of the points tensor
-    is rounded up to a multiple of it (1 gives the official N exactly).
+    is rounded up to a multiple of it (1 gives the official N exactly). dtype: of the image, the maps and the
+    network input ("float32"; "float64" with a float64 model and runner, for float64 results end to end).
     """
 
-    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=24):
+    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=24, dtype="float32"):
         if int(max_points_bucket) < 1:
             raise ValueError(f"max_points_bucket must be >= 1, got {max_points_bucket}")
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(dtype)
         self.net = net
         self.zoom = ZoomIn(*zoom_in) if zoom_in is not None else None
         self.with_flip = with_flip
@@ -120,7 +126,7 @@ class Predictor:
         clicks = list(clicks)
         if not clicks:
             raise ValueError("get_prediction needs at least one click")
-        prev = _check_map(prev_mask, self._image.shape[:2], "prev_mask")
+        prev = _check_map(prev_mask, self._image.shape[:2], "prev_mask", self.dtype)
         x = np.concatenate([self._image, prev[..., None]], axis=-1)   # (H, W, 4)
 
         if self.zoom is not None:
@@ -130,21 +136,21 @@ class Predictor:
             lists = [clicks, flip_clicks(clicks, x.shape[1])]
         else:
             batch, lists = x[None], [clicks]
-        batch = np.ascontiguousarray(batch, np.float32)
+        batch = np.ascontiguousarray(batch, self.dtype)
         self._net_input_shape = batch.shape
 
         out = self.net(batch, points_array(lists, self.max_points_bucket), new_points_array(lists), float(gate))
 
         def merge(key):
             """Network output -> (h', w') map at the net-input size, flip TTA averaged."""
-            a = np.asarray(out[key], np.float32)[..., 0]
+            a = np.asarray(out[key], self.dtype)[..., 0]
             if a.shape[1:] != x.shape[:2]:
                 a = np.stack([resize_ac(m, x.shape[:2]) for m in a])
             return 0.5 * (a[0] + a[1][:, ::-1]) if self.with_flip else a[0]
 
         # Inverse transforms in the official order: flip, sigmoid (prediction only), then ZoomIn for
         # prediction, uf1, uf2 -- the ZoomIn's stored map therefore ends up being uf2.
-        probs, uf1, uf2 = sigmoid(merge("instances")), merge("updated_feedback1"), merge("updated_feedback2")
+        probs, uf1, uf2 = sigmoid(merge("instances"), self.dtype), merge("updated_feedback1"), merge("updated_feedback2")
         if self.zoom is not None:
             probs, uf1, uf2 = self.zoom.inverse(probs), self.zoom.inverse(uf1), self.zoom.inverse(uf2)
         return probs, uf1, uf2
@@ -160,10 +166,10 @@ class Predictor:
         _check_image(image)
         init = None
         if initial_mask is not None:
-            init = _check_map(initial_mask, image.shape[:2], "initial_mask")
+            init = _check_map(initial_mask, image.shape[:2], "initial_mask", self.dtype)
             if not np.all((init >= 0) & (init <= 1)):
                 raise ValueError("initial_mask must hold values in [0, 1] (a mask or probabilities)")
-        self._image = image.astype(np.float32) / np.float32(255)   # torchvision ToTensor
+        self._image = image.astype(self.dtype) / self.dtype.type(255)   # torchvision ToTensor
         self._init_mask = init
         self._clear()
 
@@ -183,7 +189,7 @@ class Predictor:
         self._history.append(self._state())
         first = not self._clicks
         if first:
-            prev = self._init_mask if self._init_mask is not None else np.zeros((h, w), np.float32)
+            prev = self._init_mask if self._init_mask is not None else np.zeros((h, w), self.dtype)
             gate = 0.0 if self._init_mask is None else 1.0
         else:
             prev, gate = self._probs, 1.0
@@ -247,7 +253,7 @@ class Predictor:
         self._probs = None
         if self._image is not None:
             self._probs = (self._init_mask if self._init_mask is not None
-                           else np.zeros(self._image.shape[:2], np.float32))
+                           else np.zeros(self._image.shape[:2], self.dtype))
         if self.zoom is not None:
             self.zoom.reset()
 

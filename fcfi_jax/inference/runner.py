@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from fcfi_jax.models import direct_conv
-from fcfi_jax.models.layers import canvas_level_masks
+from fcfi_jax.models.layers import accum_dtype, canvas_level_masks
 
 
 def enable_compilation_cache(directory: str | None = None) -> str:
@@ -84,6 +84,9 @@ class CanvasRunner:
         self.model = model
         self.step = step
         self.dtype = dtype
+        # bfloat16 outputs come back as float32; float64 (the float64 mode) stays float64
+        self.out_dtype = accum_dtype(dtype)
+        self.in_dtype = np.float64 if jnp.dtype(dtype) == jnp.float64 else np.float32
         self.transpose_portrait = transpose_portrait and step is not None
         self.compile_cost_mpx = default_compile_cost_mpx() if compile_cost_mpx is None else compile_cost_mpx
         self.use_direct_conv = use_direct_conv  # CPU: the direct 3x3 kernel (models/direct_conv.py) where it applies
@@ -104,13 +107,13 @@ class CanvasRunner:
             with direct_conv.inference_scope(self.use_direct_conv):
                 out = m(x.astype(self.dtype), points, new_points, gate, is_training=False, canvas=geometry,
                         canvas_masks=masks)
-            return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
+            return {k: out[k].astype(self.out_dtype) for k in self.OUTPUTS}
 
         def forward_exact(leaves, x, points, new_points, gate):
             m = nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves))
             with direct_conv.inference_scope(self.use_direct_conv):
                 out = m(x.astype(self.dtype), points, new_points, gate, is_training=False)
-            return {k: out[k].astype(jnp.float32) for k in self.OUTPUTS}
+            return {k: out[k].astype(self.out_dtype) for k in self.OUTPUTS}
 
         from fcfi_jax.xla_options import compiler_options
 
@@ -144,13 +147,13 @@ class CanvasRunner:
             h, w = w, h
         f32 = jax.ShapeDtypeStruct
         if self.step is None:
-            lowered = self._forward_exact.lower(self._leaves, f32((b, h, w, c), jnp.float32),
+            lowered = self._forward_exact.lower(self._leaves, f32((b, h, w, c), self.in_dtype),
                                                 f32(points_shape, jnp.float32), f32(new_points_shape, jnp.int32),
                                                 f32((), jnp.float32))
         else:
             ch, cw = canvas_size(h, w, self.step)
             masks = [f32(m.shape, jnp.bool_) for m in _level_masks((ch, cw), (h, w))]
-            lowered = self._forward.lower(self._leaves, f32((b, ch, cw, c), jnp.float32), f32(points_shape, jnp.float32),
+            lowered = self._forward.lower(self._leaves, f32((b, ch, cw, c), self.in_dtype), f32(points_shape, jnp.float32),
                                           f32(new_points_shape, jnp.int32), f32((), jnp.float32), f32((4,), jnp.int32),
                                           masks)
         return lowered.compile()
@@ -166,7 +169,7 @@ class CanvasRunner:
         return self._leaves_t
 
     def __call__(self, x, points, new_points, gate):
-        x = np.asarray(x, np.float32)
+        x = np.asarray(x, self.in_dtype)
         if self.transpose_portrait and x.shape[1] > x.shape[2]:
             swap = lambda p: np.asarray(p)[..., [1, 0, 2]]  # (y, x, v) -> (x, y, v); (-1, -1) padding stays
             out = self._run(x.transpose(0, 2, 1, 3), swap(points), swap(new_points), gate, self.transposed_leaves())
@@ -208,7 +211,7 @@ class CanvasRunner:
                 self.canvases.add(key)
                 self.compile_count += 1
             ch, cw = key[1:3]
-            canvas = np.zeros((b, ch, cw, x.shape[-1]), np.float32)
+            canvas = np.zeros((b, ch, cw, x.shape[-1]), self.in_dtype)
             canvas[:, :h, :w] = x
             geometry = self.model.geometry((h, w))
             out = self._forward(leaves, canvas, jnp.asarray(points, jnp.float32),

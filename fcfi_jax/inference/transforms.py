@@ -3,7 +3,7 @@
 - `resize_ac`: bilinear resize with align_corners=True, numerically matching PyTorch's CPU float32 kernel.
 - `flip_w`, `flip_clicks`: the horizontal-flip test-time augmentation (official AddHorizontalFlip).
 - `ZoomIn`: the official zoom-in transform (isegm/inference/transforms/zoom_in.py + isegm/utils/misc.py),
-  quirks included (spec 8.4-8.5, 12.10, 12.11, 12.24).
+  quirks included (docs/official_quirks.md #26-#29).
 
 Images and maps are (H, W) or (H, W, C) float32 arrays; clicks are (y, x, is_positive) triples.
 """
@@ -13,21 +13,29 @@ import numpy as np
 # ----------------------------------------------------------------------------------------------
 # Align-corners bilinear resize
 
-def ac_taps(n_out: int, n_in: int):
+def ac_taps(n_out: int, n_in: int, dtype=np.float32):
     """Two-tap form of torch bilinear align_corners=True along one axis: (i0, i1, lambda0, lambda1), each (n_out,).
 
-    Follows PyTorch's CPU float math: scale = float32(n_in - 1) / (n_out - 1) (0 when n_out == 1),
-    src = dst * scale in float32, i0 = floor(src), i1 = min(i0 + 1, n_in - 1), lambda = src - i0.
+    Follows PyTorch's CPU float math in the map's dtype (float32, or float64 in the float64 mode):
+    scale = dtype(n_in - 1) / (n_out - 1) (0 when n_out == 1), src = dst * scale, i0 = floor(src),
+    i1 = min(i0 + 1, n_in - 1), lambda = src - i0.
     """
     if n_out < 1 or n_in < 1:
         raise ValueError(f"resize sizes must be positive, got {n_in} -> {n_out}")
-    scale = np.float32(n_in - 1) / np.float32(n_out - 1) if n_out > 1 else np.float32(0.0)
-    src = np.arange(n_out, dtype=np.float32) * scale
+    f = np.dtype(dtype).type
+    scale = f(n_in - 1) / f(n_out - 1) if n_out > 1 else f(0.0)
+    src = np.arange(n_out, dtype=dtype) * scale
     i0 = np.minimum(src.astype(np.int64), n_in - 1)  # truncation == floor, src >= 0
     i1 = np.minimum(i0 + 1, n_in - 1)
-    lam1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
-    lam0 = np.float32(1) - lam1
+    lam1 = np.clip(src - i0.astype(dtype), f(0), f(1))
+    lam0 = f(1) - lam1
     return i0, i1, lam0, lam1
+
+
+def float_map(x) -> np.ndarray:
+    """x as a float array: float64 stays float64 (the float64 mode), anything else becomes float32."""
+    x = np.asarray(x)
+    return x if x.dtype == np.float64 else x.astype(np.float32)
 
 
 def _lerp(a, axis: int, taps) -> np.ndarray:
@@ -46,17 +54,18 @@ def _lerp(a, axis: int, taps) -> np.ndarray:
 
 def resize_ac(x, size) -> np.ndarray:
     """Resize axes 0 and 1 of an (H, W) or (H, W, C) array to `size` = (h, w), as
-    torch.nn.functional.interpolate(mode='bilinear', align_corners=True) does, in float32.
+    torch.nn.functional.interpolate(mode='bilinear', align_corners=True) does, in float32 (float64 for float64
+    maps).
 
     Columns then rows, each as a two-tap gather and lerp, i.e. l0 * (m0 * x00 + m1 * x01) + l1 * (m0 * x10 +
     m1 * x11), PyTorch's CPU evaluation order (73% of outputs bit-equal to torch, the rest within 1 ulp). The
     dense interpolation matrices it replaces took ~90 ms of host time per zoomed click.
     """
-    x = np.asarray(x, np.float32)
+    x = float_map(x)
     (h, w), (oh, ow) = x.shape[:2], (int(size[0]), int(size[1]))
     if (h, w) == (oh, ow):
         return x  # the align-corners weights are the identity then
-    return _lerp(_lerp(x, 1, ac_taps(ow, w)), 0, ac_taps(oh, h))
+    return _lerp(_lerp(x, 1, ac_taps(ow, w, x.dtype)), 0, ac_taps(oh, h, x.dtype))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,8 +157,8 @@ class ZoomIn:
     keep the previous ROI unless a click is outside it (max side exclusive) or the 1-D-IoU product
     with the new one is < recompute_thresh_iou; crop x to the ROI and AC-resize it to zoomed_size; remap
     clicks y' = h' * (y - rmin) / h. No zoom while len(clicks) <= skip_clicks or when the stored map is
-    empty; in the latter case the OLD ROI is kept (stale-ROI quirk) and `inverse` squeezes the full-image
-    output into it.
+    empty; in the latter case the OLD ROI is kept (stale-ROI quirk, docs/official_quirks.md #29) and `inverse`
+    squeezes the full-image output into it.
     inverse(map): AC-resize back to the ROI size and paste into zeros; EVERY call overwrites the stored
     map, so with prediction, uf1, uf2 inverted in that order the next ROI comes from uf2.
     Not reproduced: check_possible_recalculation (only reachable with skip_clicks == 0, where the official
@@ -180,8 +189,8 @@ class ZoomIn:
         self.roi, self.prev_probs, self.input_hw = state
 
     def transform(self, x, clicks):
-        """x (H, W, C) float32 and clicks in image coordinates -> (network input, remapped clicks)."""
-        x = np.asarray(x, np.float32)
+        """x (H, W, C) float32 (or float64) and clicks in image coordinates -> (network input, remapped clicks)."""
+        x = float_map(x)
         clicks = list(clicks)
         self.input_hw = x.shape[:2]
         if len(clicks) <= self.skip_clicks:
@@ -211,12 +220,12 @@ class ZoomIn:
 
     def inverse(self, prob_map):
         """Network-input-sized (h', w') map -> full-image map; stores the result (see class doc)."""
-        prob_map = np.asarray(prob_map, np.float32)
+        prob_map = float_map(prob_map)
         if self.roi is not None:
             rmin, rmax, cmin, cmax = self.roi
             part = resize_ac(prob_map, (rmax - rmin + 1, cmax - cmin + 1))
             if self.prev_probs is not None:
-                prob_map = np.zeros(self.prev_probs.shape, np.float32)
+                prob_map = np.zeros(self.prev_probs.shape, prob_map.dtype)
                 prob_map[rmin:rmax + 1, cmin:cmax + 1] = part
             else:
                 prob_map = part
