@@ -1,4 +1,4 @@
-"""The released "HRNet18s" recipe (HRNet-W18 + OCR-48, COCO+LVIS, spec 1.3 and 7.1).
+"""The released "HRNet18s" recipe (HRNet-W18 + OCR-48, COCO+LVIS; docs/official_quirks.md #1).
 
     python -m fcfi_jax.main --config=configs/hrnet18s.py --workdir=runs/h18s \\
         --config.data.manual_dir=/data/cocolvis --config.init_from=/weights/hrnetv2_w18_imagenet_pretrained.pth
@@ -19,7 +19,7 @@ def get_config(arg: str = ""):
     c = base_config("hrnet18s")
     c.data.builder = "cocolvis_fcfi"
     c.batch_size = 64
-    c.num_epochs = 230            # hard-coded in the official script (quirk 19)
+    c.num_epochs = 230            # hard-coded in the official script (docs/official_quirks.md #22)
     c.lr_milestones = (200, 220)
     c.feedback_weight = 0.2
     c.eval.dataset = "SBD"

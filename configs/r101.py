@@ -1,4 +1,4 @@
-"""The released "ResNet-101" recipe (DeepLabV3+ ResNet-101 v1s, SBD, spec 1.4 and 7.1).
+"""The released "ResNet-101" recipe (DeepLabV3+ ResNet-101 v1s, SBD; models/iter_mask/r101_dh256_sbd.py).
 
     python -m fcfi_jax.main --config=configs/r101.py --workdir=runs/r101 \\
         --config.data.manual_dir=/data/sbd/dataset --config.init_from=/weights/resnet101_v1s.pth \\

@@ -39,7 +39,8 @@ def test_clicky_record_first_clicks(fixtures_dir, data_dir):
 
 @pytest.mark.slow
 def test_clicky_record(fixtures_dir, data_dir):
-    """All 5 images x 20 clicks in one lockstep batch (image 40 has the stale-ROI quirk: 9 unzoomed clicks)."""
+    """All 5 images x 20 clicks in one lockstep batch (image 40 has the stale-ROI quirk of
+    docs/official_quirks.md #29: 9 unzoomed clicks)."""
     replay(fixtures_dir, data_dir, "eval_grabcut_hrnet18s_clicky_every10.json", "hrnet18s_clicky.pth", batch=5)
 
 

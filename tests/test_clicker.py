@@ -10,7 +10,8 @@ from fcfi_jax.evaluation.clicker import Click, Clicker, error_distance
 
 
 def reference_next_click(gt, pred, clicked=()):
-    """Independent re-derivation of the spec 8.6 rule with scipy's EDT (float32) and np.where ordering."""
+    """Independent re-derivation of the official clicker rule (docs/official_quirks.md #31) with scipy's EDT
+    (float32) and np.where ordering."""
     fn = (gt == 1) & ~pred & (gt != -1)
     fp = (gt != 1) & pred & (gt != -1)
     not_clicked = np.ones(gt.shape, bool)

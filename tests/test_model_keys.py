@@ -1,4 +1,5 @@
-"""Every official state_dict key and shape (spec FCFI_KEYS_*.tsv) maps onto exactly one NNX variable."""
+"""Every official state_dict key and shape (the FCFI_KEYS_*.tsv dumps of the instantiated official models) maps onto
+exactly one NNX variable."""
 import csv
 
 import numpy as np

@@ -68,7 +68,7 @@ def check(errors, tol):
 @pytest.fixture(scope="module")
 def hrnet18s(fixtures_dir):
     model, report = convert_official(fixtures_dir / "hrnet18s_random.pth")
-    assert report["parameters"] == 10_156_998  # spec 9.2
+    assert report["parameters"] == 10_156_998  # trainable parameters of the official HRNet18s
     assert report["dropped_num_batches_tracked"] == 322
     return model
 
@@ -112,7 +112,7 @@ def test_r101_matches_official(fixtures_dir, tmp_path):
     del sd
     model, report = convert_official(path)
     path.unlink()
-    assert report["parameters"] == 58_540_599  # spec 9.2
+    assert report["parameters"] == 58_540_599  # trainable parameters of the official ResNet-101
     golden = np.load(fixtures_dir / "golden_r101_crop333x417.npz")
     check(run_golden(model, golden, _forward(),
                      ["instances", "updated_feedback1", "updated_feedback2", "gauss_dist_maps"]), TOL_R101)

@@ -15,7 +15,7 @@ from fcfi_jax.training.optim import lr_multiplier, lr_multipliers, make_optimize
     ("maps_transform.3.scale", "hrnet", 1.0),
     ("feature_extractor.conv1.weight", "hrnet", 0.1),
     ("feature_extractor.stage3.0.branches.0.0.conv1.weight", "hrnet", 0.1),
-    ("feature_extractor.correction_module.conv1.0.weight", "hrnet", 0.1),   # FFCM (quirk 7)
+    ("feature_extractor.correction_module.conv1.0.weight", "hrnet", 0.1),   # FFCM (docs/official_quirks.md #18)
     ("feature_extractor.fusion_module.fuse_conv.0.weight", "hrnet", 0.1),   # CFFM
     ("feature_extractor.cls_head.weight", "hrnet", 0.1),
     ("feature_extractor.aux_head.0.weight", "hrnet", 0.1),

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from fcfi_jax.models.is_model import RELEASED_ARCHS as KNOWN  # noqa: E402  (spec 1.3, 1.4)
+from fcfi_jax.models.is_model import RELEASED_ARCHS as KNOWN  # noqa: E402  (the released architectures)
 
 
 def summarize(model, size, batch=1, depth=2):

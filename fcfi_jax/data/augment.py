@@ -1,4 +1,5 @@
-"""Training samples and the official training augmentations (spec 7.3), in numpy + cv2 (no albumentations).
+"""Training samples and the official training augmentations (isegm/data/base.py, transforms.py), in numpy + cv2
+(no albumentations).
 
 `InstanceSample` is one training image with its instance layers and object tree (the official `DSample`):
 `layers` is uint8 (H, W, L); object k is the pixels where `layers[..., layer] == value`; objects form a

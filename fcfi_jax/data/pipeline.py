@@ -1,4 +1,4 @@
-"""Deterministic tf.data training input for FCFI (spec 7.3): TFDS record -> augmentation -> click sampler -> batch.
+"""Deterministic tf.data training input for FCFI: TFDS record -> augmentation -> click sampler -> batch.
 
     builder = tfds_builders.prepare_builder("sbd_fcfi", manual_dir, data_dir)
     ds = make_train_dataset(builder, "train", crop_size=(320, 480), batch_size=24, seed=0)

@@ -1,7 +1,7 @@
 """Evaluation-dataset readers: the one place that knows each benchmark's on-disk layout.
 
 Every reader returns a lazy sequence of `Sample`s (file list built at construction, pixels read on
-`__getitem__`), in the order of the official FCFI loaders (isegm/data/datasets/*, spec section 10):
+`__getitem__`), in the order of the official FCFI loaders (isegm/data/datasets/*):
 
 - GrabCut: `data_GT/<stem>.*` images, `boundary_GT/<stem>.*` masks; one sample per image.
 - Berkeley: `images-f-BRS/test/` + `masks-f-BRS/test/` (FCFI), else `images/` + `masks/` (RITM/f-BRS copy);
@@ -16,7 +16,7 @@ Ground truth is an int32 (H, W) map: 1 object, 0 background, -1 ignore. Images a
 cv2 (BGR -> RGB) like the official code. Nothing is ever written into a dataset folder (the official SBD
 and PascalVOC loaders cache their instance lists there; here the list is rebuilt in memory).
 
-Official mask rules reproduced bit for bit, quirks included:
+Official mask rules reproduced bit for bit, quirks included (docs/official_quirks.md #35-#39):
 - GrabCut/Berkeley: channel 0 (blue) of the colour cv2 read; 128 -> ignore, > 128 -> object, and a raw
   value of exactly 1 is ALSO object (the official code maps 128 -> -1 and > 128 -> 1 in place, then takes
   `mask == 1`); every other value (2..127) is background.
@@ -28,7 +28,7 @@ Official mask rules reproduced bit for bit, quirks included:
   the non-zero values present, ascending; the sample keeps pixels == id as object, no ignore.
 - PascalVOC: ids from the label PNG (colour read -> BGR2GRAY, as the official list builder), excluding 0
   and 255; the sample reads the PNG as grayscale, id -> 1, 255 -> -1. The official `PascalVocDataset`
-  crashes when constructed with default arguments (spec 12.20); this reader is what it was meant to do.
+  crashes when constructed with default arguments (docs/official_quirks.md #37); this reader is what it was meant to do.
   The standard VOC `SegmentationObject/` folder holds palette PNGs, whose indices cv2 cannot read; it is
   used only when `SegmentationObjectLabel/` is absent, and then needs Pillow to read the indices.
 - Sample names: file stem (official `image_name[:-4]`, identical for 3-letter extensions); SBD/VOC names are

@@ -1,4 +1,4 @@
-"""Official MultiPointSampler (RITM/FCFI, spec 7.5) in numpy + cv2, driven by an explicit np.random.Generator.
+"""Official MultiPointSampler (RITM/FCFI, isegm/data/points_sampler.py) in numpy + cv2, driven by an explicit np.random.Generator.
 
 Given an augmented `InstanceSample`, pick the target and simulate the clicks the network sees at the start of
 training:

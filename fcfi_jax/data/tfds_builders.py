@@ -18,7 +18,7 @@ Training example features:
   "ignore": [[layer, value], ...]}: object `id` is the pixels where layers[layer] == value. SBD objects are all
   roots and carry area / bbox area so that the "buggy mask" filter (area / bbox area < 0.08) is applied at
   read time (`fcfi_jax.data.pipeline`, official SBDDataset); COCO+LVIS objects carry the RITM hierarchy and
-  `stuff` marks the ids >= num_instance_masks (added with stuff_prob at read time, else erased; spec 10);
+  `stuff` marks the ids >= num_instance_masks (added with stuff_prob at read time, else erased, as the official CocoLvisDataset);
 - `name`: image name.
 SBD sample weights: if `sbd_samples_weights.pkl` (the official `assets/` file: (index, name, score) tuples) is
 in manual_dir or manual_dir/assets, the builder stores per-image scores in `info.metadata["sample_scores"]`

@@ -1,4 +1,4 @@
-"""The official evaluation clicker (isegm/inference/clicker.py, identical to RITM; spec 8.6).
+"""The official evaluation clicker (isegm/inference/clicker.py, identical to RITM; docs/official_quirks.md #31).
 
 Next click from a ground truth and the current prediction:
   fn = gt & ~pred & ~ignore,  fp = ~gt & pred & ~ignore

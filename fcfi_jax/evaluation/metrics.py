@@ -1,6 +1,6 @@
-"""Evaluation metrics of the official evaluator (isegm/inference/utils.py, scripts/evaluate_model.py; spec 8.7).
+"""Evaluation metrics of the official evaluator (isegm/inference/utils.py, scripts/evaluate_model.py).
 
-Official quirks reproduced:
+Official quirks reproduced (docs/official_quirks.md #32, #33):
 - per-click IoU / BIoU / ASSD are stored as float32 (evaluate_sample), and NoC compares those float32
   values with float64 thresholds from `np.arange(0.8, min(0.95, target_iou) + 0.001, 0.05)`, i.e.
   0.8, 0.8500000000000001, 0.9000000000000001 (, 0.9500000000000002 with --print-ious). For float32 IoUs
@@ -47,8 +47,8 @@ def _mask_to_boundary(mask_u8: np.ndarray, dilation_ratio: float) -> np.ndarray:
 
 
 def boundary_iou(pred_mask, gt_mask, dilation_ratio=0.02) -> np.float32:
-    """Official get_biou (float32). Quirk kept: the gt is cast to uint8 (ignore -1 -> 255) before the boundary,
-    so ignore pixels are neither object nor excluded except where the boundary map is exactly 255."""
+    """Official get_biou (float32). Quirk kept (docs/official_quirks.md #33): the gt is cast to uint8 (ignore -1 -> 255)
+    before the boundary, so ignore pixels are neither object nor excluded except where the boundary map is exactly 255."""
     pred_bd = _mask_to_boundary(np.asarray(pred_mask).astype(np.uint8), dilation_ratio)
     gt_bd = _mask_to_boundary(np.asarray(gt_mask).astype(np.int32).astype(np.uint8), dilation_ratio)
     inter = ((pred_bd == 1) & (gt_bd == 1)).sum()

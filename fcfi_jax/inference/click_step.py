@@ -8,8 +8,8 @@ isegm/inference/transforms/zoom_in.py and AddHorizontalFlip) runs here on fixed 
     model runs in canvas mode with the true size as a traced value (see `fcfi_jax.inference.runner`);
   * ZoomIn (isegm/inference/transforms/zoom_in.py, isegm/utils/misc.py): ROI from the stored map (> 0.5,
     every click pixel added), expansion with Python's round-half-to-even, clamping, the keep-previous-ROI
-    rule (clicks inside with the max side exclusive, product of 1-D IoUs), the stale-ROI quirk, the stored
-    map overwritten by every inverse (so the next ROI comes from uf2);
+    rule (clicks inside with the max side exclusive, product of 1-D IoUs), the stale-ROI quirk
+    (docs/official_quirks.md #29), the stored map overwritten by every inverse (so the next ROI comes from uf2);
   * crop + align-corners bilinear resize to the zoomed size, the horizontal flip as batch 2, the flip merge,
     the sigmoid, the inverse resize into the ROI, the threshold.
 

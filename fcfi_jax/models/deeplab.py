@@ -1,4 +1,4 @@
-"""DeepLabV3+ (ResNet V1s backbone, ASPP 12/24/36) with FFCM/CFFM (spec 3.3)."""
+"""DeepLabV3+ (ResNet V1s backbone, ASPP 12/24/36) with FFCM/CFFM (isegm/model/modeling/deeplab_v3.py)."""
 from __future__ import annotations
 
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""FCFI's two feedback modules (spec section 4), with static shapes.
+"""FCFI's two feedback modules (isegm/model/modeling/fcfi/), with static shapes.
 
 FFCM (FocusedCorrectionModule): corrects the previous mask inside a box around the newest
 click using the cosine affinity of an encoded feature map to the click's feature.
@@ -22,7 +22,8 @@ def ffcm_half_size(expansion_ratio: float, fb_h: int, fb_w: int) -> tuple[int, i
 
 
 def ffcm_box(py, px, half_h, half_w, fbh, fbw, fth, ftw):
-    """Spec 4.2a/b/d in float32: the click at feature resolution and its box there.
+    """The official get_crop_locations / resize_points / resize_locations, in float32 (docs/official_quirks.md #7, #8):
+    the click at feature resolution and its box there.
 
     py, px (B,) click in input pixels; half_* the box half size; fb*, ft* the input and feature sizes (all
     float32). Returns yf, xf (B,) int32 and box (B, 4) int32 (Y0, X0, Y1, X1), with Y0 <= yf < Y1.
@@ -68,7 +69,8 @@ def _paste(x, patch, sy, sx):
 
 
 def _affinity(u, yf, xf, dtype):
-    """Spec 4.3: cosine affinity of each pixel of U (B, h, w, M) to the pixel (yf[b], xf[b]) -> (B, h, w, 1).
+    """Official update_single_feedback (docs/official_quirks.md #10): cosine affinity of each pixel of U (B, h, w, M)
+    to the pixel (yf[b], xf[b]) -> (B, h, w, 1).
     Normalised with F.normalize (eps 1e-12), in float32 at least (float64 in the float64 mode)."""
     u = u.astype(accum_dtype(u.dtype))
     u = u / jnp.maximum(jnp.sqrt(jnp.sum(u * u, axis=-1, keepdims=True)), 1e-12)
@@ -78,7 +80,7 @@ def _affinity(u, yf, xf, dtype):
 
 
 def soft_box_mask(ft_hw, box):
-    """Training box mask (spec 4.4): [s(r - Y0) - s(r - Y1)] * [s(c - X0) - s(c - X1)], s = sigmoid(10 t).
+    """Training box mask (docs/official_quirks.md #9): [s(r - Y0) - s(r - Y1)] * [s(c - X0) - s(c - X1)], s = sigmoid(10 t).
 
     box: (B, 4) int32 (Y0, X0, Y1, X1) at feature resolution. Returns (B, h, w, 1) float32.
     """
@@ -93,7 +95,7 @@ def soft_box_mask(ft_hw, box):
 
 
 def hard_box_mask(ft_hw, box):
-    """Inference box (spec 4.5): the half-open [Y0, Y1) x [X0, X1) as a boolean (B, h, w, 1) map."""
+    """Inference box (docs/official_quirks.md #9): the half-open [Y0, Y1) x [X0, X1) as a boolean (B, h, w, 1) map."""
     h, w = ft_hw
     r = jnp.arange(h)[None, :, None]
     c = jnp.arange(w)[None, None, :]
@@ -218,7 +220,7 @@ class CollaborativeFeedbackFusionModule(nnx.Module):
 
     def __call__(self, features, feedback, gate, update_num: int = 1, hw=None):
         """features (B, h, w, C), feedback (B, h, w, 1) -> (updated features, uf2 probabilities)."""
-        # The official loop fuses the same `feedback` every iteration (spec 4.8 quirk).
+        # The official loop fuses the same `feedback` every iteration (docs/official_quirks.md #11).
         for _ in range(update_num):
             u = jnp.concatenate([feedback, self.feature_conv(features, hw)], axis=-1)
             for layer in self.fusion_encoder:

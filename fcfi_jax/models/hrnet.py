@@ -1,7 +1,7 @@
-"""HRNet + OCR feature extractor with FFCM and CFFM inserted (spec 3.2).
+"""HRNet + OCR feature extractor with FFCM and CFFM inserted (isegm/model/modeling/hrnet_ocr.py).
 
 Differences from textbook HRNet reproduced on purpose: no ReLU after the multi-resolution
-fusion (quirk 2); FFCM/CFFM act on the aggregated features before the OCR head.
+fusion (docs/official_quirks.md #2); FFCM/CFFM act on the aggregated features before the OCR head.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _conv_bn_relu(conv, bnr, x, hw):
 
 class ObjectAttentionBlock(nnx.Module):
     """OCR object attention with one class: the softmax over a single key is identically 1, so the
-    output is f_up(f_down(context)) broadcast to every pixel (quirk 16). f_pixel/f_object are kept
+    output is f_up(f_down(context)) broadcast to every pixel (docs/official_quirks.md #5). f_pixel/f_object are kept
     for loading and still run in train mode, where their BatchNorm statistics update."""
 
     def __init__(self, in_ch, key_ch, *, rngs):

@@ -1,5 +1,5 @@
 """The two official model wrappers (HRNetModel, DeeplabModel): input handling, click encoding,
-output resizing (spec 2, 3.2, 3.3, 5) and `build_model` from an official checkpoint config.
+output resizing (isegm/model/is_*_model.py) and `build_model` from an official checkpoint config.
 
 Call signature of both (NHWC):
     out = model(image, points, new_points, gate, is_training=False)
@@ -133,7 +133,8 @@ class ModelConfig:
         return cls(**d)
 
 
-# The released architectures (spec 1.3, 1.4): ModelConfig fields of "HRNet18s" and "ResNet-101".
+# The released architectures (models/iter_mask/*.py; docs/official_quirks.md #1): ModelConfig fields of "HRNet18s"
+# and "ResNet-101".
 RELEASED_ARCHS = {
     "hrnet18s": dict(family="hrnet", width=18, ocr_width=48, mid_ch=64, with_aux_output=True, use_leaky_relu=True,
                      expansion_ratio=0.3, use_disks=True, norm_radius=5, with_prev_mask=True),
@@ -181,7 +182,7 @@ class ISModel(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        coord_ch = 3 if cfg.family == "hrnet" else 2  # the DeepLab base never adds the prev mask (quirk 8)
+        coord_ch = 3 if cfg.family == "hrnet" else 2  # the DeepLab base never adds the prev mask (docs/official_quirks.md #3)
         self.maps_transform = nnx.List([
             Conv2d(coord_ch, 16, 1, rngs=rngs), None, Conv2d(16, 64, 3, 2, 1, rngs=rngs), ScaleLayer(0.05)])
         if cfg.family == "hrnet":
@@ -228,7 +229,7 @@ class ISModel(nnx.Module):
         # The compute dtype is the image's (float32, or bfloat16 for speed on GPU/TPU): constants and maps
         # made here are cast to it so that nothing silently promotes the network back to float32.
         dt = image.dtype
-        # The official normalizer holds mean and std as float32 tensors, also when the network runs in float64.
+        # The official normalizer holds mean and std as float32 tensors, also in float64 (docs/official_quirks.md #12).
         mean = jnp.asarray(np.float32(cfg.norm_mean_std[0]), accum_dtype(dt))
         std = jnp.asarray(np.float32(cfg.norm_mean_std[1]), accum_dtype(dt))
         rgb = apply_mask(((rgb.astype(accum_dtype(dt)) - mean) / std).astype(dt), hw)
@@ -254,7 +255,7 @@ class ISModel(nnx.Module):
         else:
             h = self.head.layers
             out["instances"] = up(h[2](h[1](h[0](fe["features"], hw4), hw4), hw4))
-            out["updated_feedback1"] = resize_hp(fe["updated_feedback1"], size, hw4, hw)  # quirk 9
+            out["updated_feedback1"] = resize_hp(fe["updated_feedback1"], size, hw4, hw)  # docs/official_quirks.md #4
         out["updated_feedback2"] = up(fe["updated_feedback2"])
         if is_training:
             out["valid_masks"] = resize_nearest(fe["valid_masks"], size)

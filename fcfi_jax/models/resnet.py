@@ -1,4 +1,4 @@
-"""ResNet V1b/V1s blocks and the dilated (output stride 8) backbone of the DeepLab family (spec 3.1, 3.3)."""
+"""ResNet V1b/V1s blocks and the dilated (output stride 8) backbone of the DeepLab family."""
 from __future__ import annotations
 
 import jax

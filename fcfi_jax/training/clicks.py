@@ -1,11 +1,11 @@
-"""On-device click simulation for iterative training (spec 7.4, the trainers' get_next_points).
+"""On-device click simulation for iterative training (the official trainers' get_next_points).
 
 Everything is jnp with static shapes so that it runs inside the jitted train step (no host round trip):
 
     points, new_points = next_points(key, probs, gt, points, click_index)
 
 Deviation from the official code, on purpose: the official trainer uses cv2's approximate 5x5 chamfer
-distance transform (quirk 18); here the distance transform is the exact Euclidean one (the evaluation clicker's
+distance transform (docs/official_quirks.md #41); here the distance transform is the exact Euclidean one (the evaluation clicker's
 metric). Both pick a uniformly random pixel among those deeper than half the largest error depth, so only the
 boundary of that candidate set can differ (by under 2% of the depth); the sampling is random anyway.
 """
@@ -62,9 +62,9 @@ def next_points(key: jax.Array, probs: jax.Array, gt: jax.Array, points: jax.Arr
     probs (B, H, W, 1) predicted probabilities, gt (B, H, W, 1) target (> 0.5 = object; -1 ignore counts as
     background), points (B, 2N, 3) float32, click_index: int in 1..N (traced is fine).
     Returns (points, new_points): the click (y, x, click_index) is written into row N - click_index (positive)
-    or 2N - click_index (negative), overwriting that row (quirk 25); new_points int32 (B, 1, 3) = (y, x,
+    or 2N - click_index (negative), overwriting that row (docs/official_quirks.md #21); new_points int32 (B, 1, 3) = (y, x,
     is_positive). A sample without any error pixel keeps its points and gets the image centre
-    (H//2 - 1, W//2 - 1) with the predicted probability there truncated to an integer label (quirk 17).
+    (H//2 - 1, W//2 - 1) with the predicted probability there truncated to an integer label (docs/official_quirks.md #20).
     """
     b, h, w, _ = probs.shape
     n = points.shape[1] // 2
@@ -100,6 +100,6 @@ def next_points(key: jax.Array, probs: jax.Array, gt: jax.Array, points: jax.Arr
 def first_new_points(points: jax.Array) -> jax.Array:
     """The trainers' first new point: the first positive row's (y, x) with label 1 -> int32 (B, 1, 3).
 
-    Background-only samples have (-1, -1) there (quirk 17)."""
+    Background-only samples have (-1, -1) there (docs/official_quirks.md #20)."""
     yx = points[:, 0, :2].astype(jnp.int32)
     return jnp.concatenate([yx, jnp.ones_like(yx[:, :1])], axis=-1)[:, None, :]

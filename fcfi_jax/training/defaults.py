@@ -12,7 +12,7 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(RELEASED_ARCHS[arch]))
-    c.init_from = ""          # ImageNet backbone weights (spec 7.2); see README 'Training'
+    c.init_from = ""          # ImageNet backbone weights; see README 'Training'
     c.init_format = "auto"    # 'hrnet_imagenet' | 'resnet_imagenet' | 'auto' (from the file's keys)
 
     c.data = ml_collections.ConfigDict()

@@ -1,9 +1,9 @@
-"""FCFI training losses (spec 6), reproducing the official numerics.
+"""FCFI training losses (isegm/model/losses.py as the official trainers use them), reproducing the official numerics.
 
 `normalized_focal_loss` is NormalizedFocalLossSigmoid(alpha=0.5, gamma=2) with a detached
 normaliser; `mask` turns it into the masked variant used on updated_feedback1 (only pixels whose
-nearest-upsampled soft-box value truncates to exactly 1 count, quirk 5). Both always apply a
-sigmoid, also to the feedback maps that are already probability-like (quirk 4).
+nearest-upsampled soft-box value truncates to exactly 1 count, docs/official_quirks.md #17). Both always apply a
+sigmoid, also to the feedback maps that are already probability-like (docs/official_quirks.md #16).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def normalized_focal_loss(pred, label, mask=None, alpha=0.5, gamma=2.0, ignore_l
 def fcfi_loss(outputs, gt, feedback_weight: float):
     """Official objective: NFL(instances) + w * maskedNFL(uf1, valid_masks) + w * NFL(uf2); batch means.
 
-    The aux loss is configured officially but never applied (quirk 3), so it is absent here.
+    The aux loss is configured officially but never applied (docs/official_quirks.md #15), so it is absent here.
     Returns (total, dict of the three terms).
     """
     terms = {

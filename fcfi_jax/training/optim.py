@@ -1,4 +1,4 @@
-"""Optimizer of the official recipe (spec 1.6, 7.1): Adam, per-parameter LR multipliers, MultiStepLR in steps.
+"""Optimizer of the official recipe: Adam, per-parameter LR multipliers, MultiStepLR in steps.
 
 PyTorch builds one param group per parameter with lr = base_lr * lr_mult. Adam's update m_hat / (sqrt(v_hat) +
 eps) does not depend on the learning rate, so scaling the Adam direction by the multiplier before the
@@ -12,7 +12,7 @@ import optax
 
 from fcfi_jax.convert.mapping import official_key
 
-# Official keys (prefixes) trained at 1x inside an otherwise 0.1x HRNet feature extractor (spec 1.6).
+# Official keys (prefixes) trained at 1x inside an otherwise 0.1x HRNet feature extractor (docs/official_quirks.md #18).
 _HRNET_FULL_LR = ("feature_extractor.conv3x3_ocr.", "feature_extractor.ocr_distri_head.",
                   "feature_extractor.ocr_gather_head.")
 
@@ -21,7 +21,7 @@ def lr_multiplier(key: str, family: str, backbone_mult: float = 0.1) -> float:
     """LR multiplier of one parameter given its official key (e.g. 'feature_extractor.stage2.0...weight')."""
     if family == "hrnet":
         if key.startswith("feature_extractor.") and not key.startswith(_HRNET_FULL_LR):
-            return backbone_mult  # includes FFCM, CFFM, aux_head and cls_head (quirk 7)
+            return backbone_mult  # includes FFCM, CFFM, aux_head and cls_head (docs/official_quirks.md #18)
         return 1.0
     if family == "deeplab":
         return backbone_mult if key.startswith("feature_extractor.backbone.") else 1.0

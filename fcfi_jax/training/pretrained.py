@@ -1,4 +1,4 @@
-"""ImageNet backbone initialisation from a user-provided PyTorch file (spec 7.2), as the official recipe does.
+"""ImageNet backbone initialisation from a user-provided PyTorch file (docs/official_quirks.md #44), as the official recipe does.
 
 - 'hrnet_imagenet': HRNet-Image-Classification weights (e.g. hrnetv2_w18_imagenet_pretrained.pth). Keys lose a
   'model.' prefix, 'last_layer' becomes 'aux_head', and every key that names a variable of the feature

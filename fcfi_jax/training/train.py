@@ -1,11 +1,12 @@
 """The FCFI trainer: `train_and_evaluate(config, workdir)` (called by `python -m fcfi_jax.main`).
 
-One jit-compiled step holds the whole iterative training of spec 7.4: 0..max_num_next_clicks click-simulation
-forwards without gradients (eval-mode network, soft-box FFCM path), each adding the next click where the error
-is largest (`clicks.next_points`, on device), then the training forward, the official losses, the gradients
-and Adam with the official LR multipliers. Data parallel: a Mesh with one 'data' axis over every device of
-every host, the batch sharded along it, parameters / BatchNorm statistics / optimizer state replicated, so
-BatchNorm sees the global batch and the same code runs on 1 CPU, 8 GPUs or a TPU pod slice.
+One jit-compiled step holds the whole iterative training of the official batch_forward
+(docs/official_quirks.md #19): 0..max_num_next_clicks click-simulation forwards without gradients (eval-mode
+network, soft-box FFCM path), each adding the next click where the error is largest (`clicks.next_points`, on
+device), then the training forward, the official losses, the gradients and Adam with the official LR multipliers.
+Data parallel: a Mesh with one 'data' axis over every device of every host, the batch sharded along it, parameters /
+BatchNorm statistics / optimizer state replicated, so BatchNorm sees the global batch (docs/official_quirks.md #42)
+and the same code runs on 1 CPU, 8 GPUs or a TPU pod slice.
 
 Randomness is a pure function of (config.seed, step): the number of simulated clicks, the click picks and the
 dropout masks use `fold_in(key, step)`, and the input stream is indexed by step, so a resumed run repeats
@@ -84,7 +85,7 @@ class ModelParts:
 
 def make_train_step(parts: ModelParts, tx, schedule, *, max_num_next_clicks: int, feedback_weight: float,
                     seed: int, compute_dtype=jnp.float32):
-    """The pure step function (state, batch) -> (state, metrics) of spec 7.4 (jit it with shardings)."""
+    """The pure step function (state, batch) -> (state, metrics) (docs/official_quirks.md #19; jit it with shardings)."""
     base_key = jax.random.key(seed)
 
     def step_fn(state: TrainState, batch: dict):
