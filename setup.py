@@ -38,12 +38,14 @@ EXTRAS_REQUIRE = {
         "tensorboard>=2.18,<3",     # clu.metric_writers needs it; tensorflow-cpu 2.21 no longer pulls it
         "importlib_resources",      # tensorflow-datasets 4.9.10 imports it without declaring it
     ],
-    # ONNX / TF SavedModel export: the exact versions that work together are in constraints.txt.
+    # tools/export.py: ONNX checked with onnxruntime (StableHLO needs nothing more; SavedModel needs TensorFlow, in
+    # [train]). jax2onnx itself is installed separately with --no-deps (README): every release since 0.13 pins
+    # orbax-checkpoint<0.11.37, which this package's orbax range excludes, and the converter needs none of its
+    # dependencies.
     "export": [
-        "onnx>=1.18",
-        "onnxruntime>=1.22",
-        "jax2onnx>=0.12",
-        "orbax-export>=0.0.6",
+        "onnx>=1.18,<2",
+        "onnx-ir>=1.0,<2",
+        "onnxruntime>=1.22,<2",
     ],
     # torch only cross-checks the torch-free checkpoint reader; exact version: a range pulls a multi-GB CUDA build.
     # nbclient/nbformat/ipykernel run the notebook headless; playwright drives the system chromium for the demo's
