@@ -37,6 +37,24 @@ def data_dir():
     return DATA
 
 
+def write_r101_checkpoint(fixtures_dir, path):
+    """Write the seeded ResNet-101 checkpoint (the fixtures keep it as a recipe, 224 MB as a file) with torch.save,
+    as the official save_checkpoint does; returns `path`."""
+    import importlib.util
+    import json
+
+    import numpy as np
+    import torch
+
+    spec = importlib.util.spec_from_file_location("seeded_weights", fixtures_dir / "seeded_weights.py")
+    seeded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeded)
+    sd = seeded.state_dict("r101")
+    torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
+                "config": json.loads((fixtures_dir / "r101_config.json").read_text())}, path)
+    return path
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_r101_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "onnx_predict.py"
@@ -120,18 +121,7 @@ def checkpoints(fixtures_dir, tmp_path_factory):
 
     def get(name):
         if name == "r101" and name not in paths:
-            torch = pytest.importorskip("torch")
-            import importlib.util
-
-            spec = importlib.util.spec_from_file_location("seeded_weights", fixtures_dir / "seeded_weights.py")
-            seeded = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(seeded)
-            sd = seeded.state_dict("r101")
-            config = json.loads((fixtures_dir / "r101_config.json").read_text())
-            path = tmp_path_factory.mktemp("r101") / "r101.pth"
-            torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
-                        "config": config}, path)
-            paths[name] = path
+            paths[name] = write_r101_checkpoint(fixtures_dir, tmp_path_factory.mktemp("r101") / "r101.pth")
         return paths[name]
 
     return get

@@ -9,13 +9,13 @@ mode too: the normaliser's mean and std, FFCM's click/box index arithmetic and t
 
 The tests run inside `jax.enable_x64(True)` so that the rest of the suite (same worker) keeps 32-bit defaults.
 """
-import json
 import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import write_r101_checkpoint
 from flax import nnx
 
 from fcfi_jax.convert.checkpoint import convert_official
@@ -39,21 +39,6 @@ def _model64(path):
     model, _ = convert_official(path)
     model.eval()
     return cast_model(model, jnp.float64)
-
-
-def _r101_checkpoint(fixtures_dir, tmp_path):
-    """The seeded ResNet-101 checkpoint, written with torch.save as the official save_checkpoint does."""
-    torch = pytest.importorskip("torch")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("seeded_weights", fixtures_dir / "seeded_weights.py")
-    seeded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeded)
-    sd = seeded.state_dict("r101")
-    path = tmp_path / "r101.pth"
-    torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
-                "config": json.loads((fixtures_dir / "r101_config.json").read_text())}, path)
-    return path
 
 
 def _replay(golden, ref, arch, outputs, forward):
@@ -93,7 +78,7 @@ def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch):
         model = _model64(fixtures_dir / "hrnet18s_random.pth")
         outputs = ["instances", "instances_aux", "updated_feedback1", "updated_feedback2"]
     else:
-        model = _model64(_r101_checkpoint(fixtures_dir, tmp_path))
+        model = _model64(write_r101_checkpoint(fixtures_dir, tmp_path / "r101.pth"))
         outputs = ["instances", "updated_feedback1", "updated_feedback2"]
     golden = np.load(fixtures_dir / f"golden_{arch}_crop333x417.npz")
     ref = np.load(fixtures_dir / "golden_float64_forward.npz")

@@ -10,12 +10,12 @@ BatchNorm statistics that amplify rounding: the official code run in float64 dif
 about twice the largest errors measured on this project's CPU over all the cases of this file (XLA and
 direct-kernel paths, exact size and canvas), per output; the click encodings must be bit-exact.
 """
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import write_r101_checkpoint
 from flax import nnx
 
 from fcfi_jax.convert.checkpoint import convert_official
@@ -98,18 +98,7 @@ def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which, direct):
 
 
 def test_r101_matches_official(fixtures_dir, tmp_path):
-    torch = pytest.importorskip("torch")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("seeded_weights", fixtures_dir / "seeded_weights.py")
-    seeded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seeded)
-    sd = seeded.state_dict("r101")
-    config = json.loads((fixtures_dir / "r101_config.json").read_text())
-    path = tmp_path / "r101.pth"
-    torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
-                "config": config}, path)
-    del sd
+    path = write_r101_checkpoint(fixtures_dir, tmp_path / "r101.pth")
     model, report = convert_official(path)
     path.unlink()
     assert report["parameters"] == 58_540_599  # trainable parameters of the official ResNet-101
