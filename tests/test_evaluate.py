@@ -67,6 +67,9 @@ def test_cli_writes_reports(data_dir, tmp_path, capsys):
     for r in results:
         calls = sum(len(s["per_click"]) for s in r["per_image"])
         assert 0 <= r["protocol"]["calls_on_a_larger_canvas"] <= calls - r["protocol"]["compilations"]
+    # each finished sample was appended to samples.jsonl as it was done, in order
+    done = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(d["dataset"], d["iou"]) for d in done] == [(r["dataset"], s["iou"]) for r in results for s in r["per_image"]]
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [row["dataset"] for row in rows] == ["GrabCut", "Berkeley"]
     assert (out / "miou.png").stat().st_size > 1000

@@ -255,7 +255,14 @@ resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
 from fcfi_jax.convert.torch_pickle import CheckpointError, read_official_checkpoint
 from fcfi_jax.convert.config_schema import validate_official_config
 from fcfi_jax.models.is_model import config_from_official
-out = {{}}
+
+
+def peak_mb():  # this process's own high-water mark (ru_maxrss would include the forking parent's RSS)
+    line = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+    return int(line.split()[1]) / 1024
+
+
+out = {{"__base_rss_mb__": peak_mb()}}
 for name, path in json.loads(sys.argv[1]).items():
     t = time.time()
     try:
@@ -269,7 +276,7 @@ for name, path in json.loads(sys.argv[1]).items():
     except BaseException as e:
         res = "UNEXPECTED " + type(e).__name__ + ": " + str(e)[:300]
     out[name] = [res, round(time.time() - t, 2)]
-out["__peak_rss_mb__"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["__peak_rss_mb__"] = peak_mb()
 print(json.dumps(out))
 """
 
@@ -294,7 +301,9 @@ def test_checkpoint_corpus_is_refused_with_one_line_and_bounded_memory(corpus_re
         if not ok or "\n" in res or seconds > 10:
             problems.append(f"{name}: expected {expect!r}, got {res[:300]!r} in {seconds} s")
     assert not problems, "\n".join(problems)
-    assert results["__peak_rss_mb__"] < 1000, results["__peak_rss_mb__"]
+    # Measured: the imports take ~220 MB and reading the whole corpus adds next to nothing; bound at 500 MB.
+    print(f"corpus: peak RSS {results['__peak_rss_mb__']:.0f} MB ({results['__base_rss_mb__']:.0f} MB after imports)")
+    assert results["__peak_rss_mb__"] < 500, (results["__base_rss_mb__"], results["__peak_rss_mb__"])
 
 
 def test_stride0_probe_is_tiny_and_fast(corpus_results):
@@ -511,8 +520,8 @@ def test_predict_bounds_network_input(tmp_path, capsys, monkeypatch):
     import fcfi_jax.inference.runner as runner_mod
 
     shapes = []
-    monkeypatch.setattr(fcfi_jax, "load_model", lambda path: object())
-    monkeypatch.setattr(runner_mod, "CanvasRunner", lambda model, step=None: _fake_net(shapes))
+    monkeypatch.setattr(fcfi_jax, "load_model", lambda path, dtype="float32": object())
+    monkeypatch.setattr(runner_mod, "CanvasRunner", lambda model, step=None, dtype="float32": _fake_net(shapes))
     monkeypatch.setattr(runner_mod, "enable_compilation_cache", lambda *a: None)
     image = tmp_path / "big.png"
     cv2.imwrite(str(image), np.zeros((2500, 1200, 3), np.uint8))

@@ -6,7 +6,8 @@ clicker, zoom-in with per-dataset settings, flip TTA, NoC@80/85/90, NoF, mIoU pe
 
 `--data-root` holds one folder per dataset (GrabCut/, Berkeley/, DAVIS/, SBD/, PascalVOC/, COCO_MVal/),
 or pass `--dataset-dir NAME=PATH` per dataset. Writes `results.json` (metrics and, per sample, the
-clicks and the IoU after every click), `summary.csv` and `miou.png`.
+clicks and the IoU after every click), `summary.csv` and `miou.png`; `samples.jsonl` gets each sample as soon as
+it is done (one sample at a time, without --batch), so an interrupted run keeps what it computed.
 """
 from __future__ import annotations
 
@@ -58,8 +59,11 @@ def evaluate_sample(predictor, image, gt, n_clicks=20, on_click=None):
     return ious, clicks, per_click
 
 
-def evaluate_dataset(predictor, dataset, n_clicks=20, indices=None, progress=True):
-    """Run the protocol over `dataset` (a readers.EvalDataset); returns a results dict."""
+def evaluate_dataset(predictor, dataset, n_clicks=20, indices=None, progress=True, on_sample=None):
+    """Run the protocol over `dataset` (a readers.EvalDataset); returns a results dict.
+
+    on_sample(record): called with each finished sample's record (the CLI appends it to samples.jsonl, so an
+    interrupted run keeps what it did)."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
     runner = getattr(predictor, "net", None)
     model_s0 = getattr(runner, "model_seconds", 0.0)
@@ -75,6 +79,8 @@ def evaluate_dataset(predictor, dataset, n_clicks=20, indices=None, progress=Tru
         all_ious.append(ious)
         samples.append({"index": int(i), "image_name": sample.name, "image_hw": list(sample.gt.shape),
                         "iou": ious, "clicks": clicks, "per_click": per_click})
+        if on_sample is not None:
+            on_sample(samples[-1])
         if progress:
             m = compute_noc_metrics(all_ious, max_clicks=n_clicks)
             print(f"\r{dataset.name}: {n + 1}/{len(indices)} images | NoC@85 {m.noc[1]:.2f} NoC@90 {m.noc[2]:.2f}"
@@ -230,11 +236,20 @@ def main(argv=None):
     # shared: a canvas compiles once for all datasets
     runner = CanvasRunner(model, step=args.canvas_step or None, dtype=args.dtype)
     results = []
+    # Every finished sample is appended to samples.jsonl at once: an interrupted run keeps what it computed.
+    progress_file = open(os.path.join(args.output, "samples.jsonl"), "w")
+
+    def keep(dataset_name):
+        def write(record):
+            progress_file.write(json.dumps({"dataset": dataset_name, **record}) + "\n")
+            progress_file.flush()
+        return write
+
     for ds in datasets:
         compiled_before, reused_before = runner.compile_count, runner.reused_calls
         predictor = build_predictor(model, ds.name, zoom, not args.no_flip, runner=runner, dtype=args.dtype)
         idx = list(range(0, len(ds), args.every))[:args.limit]
-        r = evaluate_dataset(predictor, ds, args.n_clicks, idx)
+        r = evaluate_dataset(predictor, ds, args.n_clicks, idx, on_sample=keep(ds.name))
         compiled = runner.compile_count - compiled_before
         r["protocol"] = {"checkpoint": str(args.checkpoint), "zoom_in": predictor.zoom and
                          [predictor.zoom.target_size, predictor.zoom.expansion_ratio],
@@ -246,6 +261,7 @@ def main(argv=None):
               f"NoC@90 {r['NoC']['NoC@90']:.2f}  NoF@90 {r[f'>={args.n_clicks}']['@90']}  "
               f"SPC {r['timing']['wall_seconds_per_click']:.2f}s (model {r['timing']['model_seconds_per_click']:.2f}s)"
               f"  compilations {compiled}")
+    progress_file.close()
     write_reports(results, args.output)
     print(f"wrote {args.output}/results.json, summary.csv, miou.png")
     return 0
