@@ -35,7 +35,7 @@ def ac_taps(n_out: int, n_in: int, dtype=np.float32):
 def float_map(x) -> np.ndarray:
     """x as a float array: float64 stays float64 (the float64 mode), anything else becomes float32."""
     x = np.asarray(x)
-    return x if x.dtype == np.float64 else x.astype(np.float32)
+    return x if x.dtype == np.float64 else x.astype(np.float32, copy=False)
 
 
 def _lerp(a, axis: int, taps) -> np.ndarray:
