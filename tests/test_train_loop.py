@@ -214,3 +214,23 @@ def test_bad_config_fails_fast(shared, tmp_path, override, message):
     assert p.returncode != 0
     assert message in p.stderr + p.stdout, p.stderr[-2000:]
     assert "Traceback" not in p.stderr
+
+
+def test_corrupt_latest_checkpoint_names_the_step_and_the_way_out(shared, reference, tmp_path):
+    """A corrupt latest checkpoint stops the resume with one line naming its step and how to resume from the one
+    before (no orbax traceback), and nothing of the run is deleted."""
+    import shutil
+
+    root, env, data = shared
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(reference[0] / "checkpoints", workdir / "checkpoints")
+    for f in (workdir / "checkpoints" / "6").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and f.suffix != ".json":
+            f.write_bytes(b"\0" * 16)  # the step-6 arrays are now garbage
+    p = subprocess.run(_cmd(workdir, data, "--config.total_steps=7", "--config.checkpoint_every_steps=1",
+                            "--config.keep_checkpoints=10"), env=env, cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    err = p.stderr.strip()
+    assert p.returncode == 2, (p.stdout[-2000:], err[-3000:])
+    assert "Traceback" not in err and "step 6" in err and "resume from step 5" in err, err[-3000:]
+    assert sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit()) == [1, 2, 3, 4, 5, 6]
