@@ -1,6 +1,8 @@
 """Demo page in a real browser (system chromium driven by Playwright): clicks at known image pixels land on
 exactly those pixels at several display scales and devicePixelRatios, and the downloaded mask and the
-drawn overlay equal the Predictor's mask for the same clicks. Errors show in the page.
+drawn overlay equal the Predictor's mask for the same clicks. The image fits the window at load and on resize;
+after zooming (wheel at the pointer, +/- buttons and keys) and panning (middle drag, Space + drag, Pan mode)
+clicks still land on the right pixels and their markers are drawn there. Errors show in the page.
 
 Skipped only when no chromium binary is installed (`apt-get install chromium`; never `playwright install`).
 Screenshots go to the test's tmp dir; set FCFI_DEMO_SCREENSHOT=path.png to keep the last one (docs/demo.png).
@@ -86,11 +88,55 @@ def _canvas_mask(page):
     return np.array([[ch == "1" for ch in r] for r in rows])
 
 
-# (viewport, devicePixelRatio, extra CSS): downscaled by layout, upscaled by a CSS transform at DPR 2,
-# and page zoom 1.25 (like Ctrl +) at DPR 1.5.
+def _rects(page):
+    """Bounding boxes of the image and of the view's inside (#drop's padding box), the view state, the fit scale."""
+    return page.evaluate("""() => { const i = document.getElementById('image').getBoundingClientRect();
+        const d = document.getElementById('drop'), r = d.getBoundingClientRect();
+        return {img: [i.left, i.top, i.right, i.bottom],
+                view: [r.left + d.clientLeft, r.top + d.clientTop, r.left + d.clientLeft + d.clientWidth,
+                       r.top + d.clientTop + d.clientHeight],
+                s: window.fcfiDemo.view.s, tx: window.fcfiDemo.view.tx, ty: window.fcfiDemo.view.ty,
+                fit: Math.min(d.clientWidth / window.fcfiDemo.width, d.clientHeight / window.fcfiDemo.height)}; }""")
+
+
+def _assert_fitted(page):
+    """The whole image is inside the view and touches both sides of it along one axis."""
+    r = _rects(page)
+    (il, it, ir, ib), (vl, vt, vr, vb) = r["img"], r["view"]
+    assert il >= vl - 0.5 and it >= vt - 0.5 and ir <= vr + 0.5 and ib <= vb + 0.5, r
+    assert (abs(il - vl) < 1 and abs(ir - vr) < 1) or (abs(it - vt) < 1 and abs(ib - vb) < 1), r
+    assert abs(r["s"] - r["fit"]) < 1e-9, r
+    return r
+
+
+def _pixel_point(page, y, x):
+    """Client coordinates of the centre of image pixel (y, x), from the image's bounding box."""
+    box = page.evaluate("""() => { const i = document.getElementById('image'), r = i.getBoundingClientRect();
+        return {left: r.left, top: r.top, width: r.width, height: r.height, w: i.naturalWidth, h: i.naturalHeight}; }""")
+    return (box["left"] + (x + 0.5) * box["width"] / box["w"], box["top"] + (y + 0.5) * box["height"] / box["h"])
+
+
+def _assert_in_view(page, px, py):
+    vl, vt, vr, vb = _rects(page)["view"]
+    assert vl < px < vr and vt < py < vb, ((px, py), (vl, vt, vr, vb))
+
+
+def _marker_rgba(page, px, py):
+    """The click-marker canvas's pixel under client point (px, py)."""
+    return page.evaluate("""([px, py]) => { const c = document.getElementById('clicks'), d = document.getElementById('drop');
+        const r = d.getBoundingClientRect();
+        const x = Math.floor((px - r.left - d.clientLeft) * c.width / d.clientWidth);
+        const y = Math.floor((py - r.top - d.clientTop) * c.height / d.clientHeight);
+        return Array.from(c.getContext('2d').getImageData(x, y, 1, 1).data); }""", [px, py])
+
+
+# (viewport, devicePixelRatio, extra CSS): downscaled by the fit, upscaled by a CSS transform on a smaller view at
+# DPR 2, and page zoom 1.25 (like Ctrl +) at DPR 1.5.
 CASES = {
     "fit-0.77x-dpr1": ({"width": 400, "height": 700}, 1, ""),
-    "transform-1.6x-dpr2": ({"width": 1000, "height": 800}, 2, "#stage { transform: scale(1.6); transform-origin: 0 0; }"),
+    "transform-1.6x-dpr2": ({"width": 1000, "height": 800}, 2,
+                            "#drop { flex: none; width: 500px; height: 340px; transform: scale(1.6); "
+                            "transform-origin: 0 0; }"),
     "zoom-1.25-dpr1.5": ({"width": 900, "height": 700}, 1.5, "body { zoom: 1.25; }"),
 }
 
@@ -185,5 +231,121 @@ def test_screenshot_after_clicks(browser, demo, data_dir, tmp_path):
             with Image.open(tmp_path / "demo.png") as im:
                 im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(
                     os.environ["FCFI_DEMO_SCREENSHOT"], optimize=True)
+    finally:
+        context.close()
+
+
+def test_image_fits_the_window_and_refits_on_resize(browser, demo, data_dir):
+    """A 481x321 image in a 1200-px-wide window is scaled up to fill the view, not shown at native size; it is
+    scaled down in a small window, and the page itself never scrolls."""
+    server, _ = demo
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    try:
+        page.goto(server.url)
+        page.wait_for_function("window.fcfiDemo && window.fcfiDemo.config")
+        page.set_input_files("#file", str(data_dir / IMAGE))
+        _idle(page, 0)
+        r = _assert_fitted(page)
+        assert r["s"] > 1.5 and page.text_content("#zoom-level") == f"{round(r['s'] * 100)}%"
+        no_scroll = "document.documentElement.scrollHeight <= innerHeight && document.documentElement.scrollWidth <= innerWidth"
+        assert page.evaluate(no_scroll)
+        page.set_viewport_size({"width": 420, "height": 500})
+        page.wait_for_function("window.fcfiDemo.view.s < 1")
+        _assert_fitted(page)
+        assert page.evaluate(no_scroll)
+    finally:
+        context.close()
+
+
+def test_zoomed_and_panned_clicks_land_on_image_pixels(browser, demo, data_dir):
+    """Wheel zoom keeps the pixel under the pointer; middle drag, Space + drag and Pan mode move the view by the
+    drag without adding a click; clicks in the zoomed, panned view hit the right pixels (same masks as the
+    Predictor) and their markers are drawn on them; Fit and the keys 0 / + work."""
+    server, ref_masks = demo
+    context = browser.new_context(viewport={"width": 900, "height": 650}, device_scale_factor=1.5)
+    page = context.new_page()
+    view = "window.fcfiDemo.view"
+    try:
+        page.goto(server.url)
+        page.wait_for_function("window.fcfiDemo && window.fcfiDemo.config")
+        page.set_input_files("#file", str(data_dir / IMAGE))
+        _idle(page, 0)
+        fit = _assert_fitted(page)["s"]
+
+        # wheel zoom around the pointer: the pixel under it stays under it
+        (y0, x0, _), (y1, x1, _), (y2, x2, _) = CLICKS
+        px, py = _pixel_point(page, y0, x0)
+        page.mouse.move(px, py)
+        for _ in range(2):
+            page.mouse.wheel(0, -300)
+        page.wait_for_function(f"{view}.s > {fit * 2}")   # deltaY -200 each at DPR 1.5
+        qx, qy = _pixel_point(page, y0, x0)
+        assert abs(qx - px) < 1 and abs(qy - py) < 1   # same pixel (> 2.5 px wide) under the pointer; events round
+
+        # middle drag, then Space + left drag: the view moves by the drag, no click is sent
+        for (dx, dy), button, space in (((-60, -40), "middle", False), ((30, 20), "left", True)):
+            before = _rects(page)
+            if space:
+                page.keyboard.down("Space")
+            page.mouse.move(px, py)
+            page.mouse.down(button=button)
+            page.mouse.move(px + dx, py + dy, steps=4)
+            page.mouse.up(button=button)
+            if space:
+                page.keyboard.up("Space")
+            after = _rects(page)
+            assert abs(after["tx"] - before["tx"] - dx) < 0.5 and abs(after["ty"] - before["ty"] - dy) < 0.5
+            assert page.evaluate("window.fcfiDemo.clicks") == [] and not page.evaluate("window.fcfiDemo.busy")
+
+        # a positive click in the zoomed, panned view
+        px, py = _pixel_point(page, y0, x0)
+        _assert_in_view(page, px, py)
+        page.mouse.click(px, py)
+        _idle(page, 1)
+        assert page.evaluate("window.fcfiDemo.clicks") == [list(CLICKS[0])]
+        assert np.array_equal(_canvas_mask(page), ref_masks[0])
+        assert _pixel_point(page, y0, x0) == (px, py)   # the view did not move (status text is one line)
+        rgba = _marker_rgba(page, px, py)
+        assert rgba[3] == 255 and rgba[1] > 120 and rgba[0] < 60, rgba   # the green marker, on that pixel
+
+        # Fit button, two + clicks (zoom around the view's centre), then Pan mode drags the next pixel to the centre
+        page.click("#fit")
+        _assert_fitted(page)
+        page.click("#zoom-in")
+        page.click("#zoom-in")
+        assert abs(_rects(page)["s"] - fit * 1.25 ** 2) < 1e-9
+        vl, vt, vr, vb = _rects(page)["view"]
+        px, py = _pixel_point(page, y1, x1)
+        page.click("#pan")
+        page.mouse.move(px, py)
+        page.mouse.down()
+        page.mouse.move((vl + vr) / 2, (vt + vb) / 2, steps=4)
+        page.mouse.up()
+        page.click("#pan")
+        assert page.evaluate("window.fcfiDemo.clicks") == [list(CLICKS[0])]
+        px, py = _pixel_point(page, y1, x1)
+        assert abs(px - (vl + vr) / 2) < 1 and abs(py - (vt + vb) / 2) < 1
+        page.mouse.click(px, py)
+        _idle(page, 2)
+        assert np.array_equal(_canvas_mask(page), ref_masks[1])
+
+        # keys: 0 fits, + zooms in; then wheel zoom at the negative click's pixel and a right click there
+        page.keyboard.press("0")
+        _assert_fitted(page)
+        page.keyboard.press("+")
+        assert abs(_rects(page)["s"] - fit * 1.25) < 1e-9
+        px, py = _pixel_point(page, y2, x2)
+        page.mouse.move(px, py)
+        page.mouse.wheel(0, -400)
+        page.wait_for_function(f"{view}.s > {fit * 1.6}")
+        px, py = _pixel_point(page, y2, x2)
+        _assert_in_view(page, px, py)
+        page.mouse.click(px, py, button="right")
+        _idle(page, 3)
+        assert page.evaluate("window.fcfiDemo.clicks") == [list(c) for c in CLICKS]
+        assert np.array_equal(_canvas_mask(page), ref_masks[2])
+        rgba = _marker_rgba(page, px, py)
+        assert rgba[3] == 255 and rgba[0] > 150 and rgba[1] < 80, rgba   # the red marker
     finally:
         context.close()

@@ -1,27 +1,38 @@
 // FCFI demo page. Plain JS, no build step: talks to the JSON API of fcfi_jax/demo/server.py.
 //
-// Coordinates: both canvases have an intrinsic size equal to the image (naturalWidth x naturalHeight)
-// and are stretched by CSS over the displayed <img>. A pointer position is mapped to image pixels with
-// the image's getBoundingClientRect (which includes CSS transforms and layout scaling), so clicks and
-// the mask land on the right pixels for any image size, page zoom or devicePixelRatio.
+// Coordinates: #drop is the view. Inside it, #stage holds the <img> at its natural size and the mask canvas
+// (intrinsic size = the image's naturalWidth x naturalHeight) on top of it; a CSS transform on #stage,
+// translate(tx, ty) scale(s) in the view's own CSS pixels, fits, zooms and pans it. A pointer position is
+// mapped to image pixels with the image's getBoundingClientRect (which includes every CSS transform, ours or an
+// outer one, and layout scaling), so clicks and the mask land on the right pixels for any image size, zoom,
+// pan, page zoom or devicePixelRatio. Click markers are drawn on #clicks, a canvas covering the whole view
+// (untransformed) at device resolution, from the same (tx, ty, s), so they stay crisp and of fixed size.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const els = {
   file: $("file"), mode: $("mode"), undo: $("undo"), reset: $("reset"), opacity: $("opacity"),
   download: $("download"), status: $("status"), latency: $("latency"), drop: $("drop"), stage: $("stage"),
-  image: $("image"), mask: $("mask"), clicks: $("clicks"),
+  image: $("image"), mask: $("mask"), clicks: $("clicks"), zoomIn: $("zoom-in"), zoomOut: $("zoom-out"),
+  zoomLevel: $("zoom-level"), fit: $("fit"), zoom1: $("zoom-1"), pan: $("pan"),
 };
 const MASK_RGB = [30, 144, 255];   // mask fill colour (alpha comes from the opacity slider)
 const MARKER_CSS_PX = 6;           // click marker radius on screen, whatever the image scale
+const ZOOM_STEP = 1.25;            // +/- buttons and keys
+const MAX_ZOOM = 32;               // display scale limits: up to 32 screen px per image pixel (or 8x the fit) …
+const MIN_ZOOM_OF_FIT = 0.25;      // … down to a quarter of the fitted size
 
 // Everything the page knows; exposed as window.fcfiDemo for debugging and the browser test.
 const state = { config: null, session: null, width: 0, height: 0, clicks: [], maskPng: null,
-                area: 0, negativeMode: false, busy: false, lastLatency: null };
+                area: 0, negativeMode: false, busy: false, lastLatency: null,
+                // view: display scale s and offset (tx, ty) of the image in the view (CSS px); fit: follow the
+                // window (refit on resize) until the user zooms or pans
+                view: { s: 1, tx: 0, ty: 0, fit: true }, panMode: false, spaceDown: false };
 window.fcfiDemo = state;
 
 function setStatus(text, kind = "") {
   els.status.textContent = text;
+  els.status.title = text;
   els.status.className = kind;
 }
 
@@ -49,6 +60,7 @@ function updateControls() {
   els.download.classList.toggle("disabled", !has);
   els.download.href = has ? `api/mask.png?session=${state.session}` : "#";
   document.body.classList.toggle("busy", state.busy);
+  for (const b of [els.zoomIn, els.zoomOut, els.fit, els.zoom1, els.pan]) b.disabled = !has;
 }
 
 // ---- image upload --------------------------------------------------------------------------------
@@ -86,12 +98,13 @@ function showImage(info) {
         return;
       }
       Object.assign(state, { session: info.session, width: w, height: h, clicks: [], maskPng: null, area: 0 });
-      for (const c of [els.mask, els.clicks]) { c.width = w; c.height = h; }
+      els.mask.width = w; els.mask.height = h;
       els.mask.getContext("2d").clearRect(0, 0, w, h);
+      els.stage.style.width = `${w}px`; els.stage.style.height = `${h}px`;
       els.stage.hidden = false;
       els.drop.classList.remove("empty");
       els.latency.textContent = "";
-      drawClicks();
+      fitView();
       resolve();
     };
     els.image.onerror = () => reject(new Error("the browser could not display the decoded image"));
@@ -110,6 +123,9 @@ function toImagePixel(clientX, clientY) {
 }
 
 async function onPointerDown(event) {
+  if (state.session && (event.button === 1 || (event.button === 0 && (state.panMode || state.spaceDown)))) {
+    return startPan(event);
+  }
   if (event.button !== 0 && event.button !== 2) return;
   event.preventDefault();
   if (!state.session) return setStatus("Open an image first, then click on it.", "error");
@@ -174,22 +190,119 @@ function drawMask(b64) {
   });
 }
 
-// Markers at pixel centres, radius fixed in screen pixels (scaled by the current display size).
+// Markers at pixel centres on the view-sized canvas, radius fixed in CSS pixels, at device resolution.
 function drawClicks() {
-  const ctx = els.clicks.getContext("2d");
-  ctx.clearRect(0, 0, state.width, state.height);
-  const shown = els.image.getBoundingClientRect().width;
-  const scale = shown > 0 ? state.width / shown : 1;
-  const r = MARKER_CSS_PX * scale;
+  const c = els.clicks, cw = els.drop.clientWidth, ch = els.drop.clientHeight;
+  const r = els.drop.getBoundingClientRect();
+  const outer = els.drop.offsetWidth > 0 ? r.width / els.drop.offsetWidth : 1;   // outer transforms / zoom
+  const k = Math.min(4, Math.max(1, (window.devicePixelRatio || 1) * outer));
+  const pw = Math.max(1, Math.round(cw * k)), ph = Math.max(1, Math.round(ch * k));
+  if (c.width !== pw || c.height !== ph) { c.width = pw; c.height = ph; }
+  const ctx = c.getContext("2d");
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, pw, ph);
+  ctx.setTransform(pw / Math.max(cw, 1), 0, 0, ph / Math.max(ch, 1), 0, 0);
+  const { s, tx, ty } = state.view;
   for (const [y, x, positive] of state.clicks) {
     ctx.beginPath();
-    ctx.arc(x + 0.5, y + 0.5, r, 0, 2 * Math.PI);
+    ctx.arc(tx + (x + 0.5) * s, ty + (y + 0.5) * s, MARKER_CSS_PX, 0, 2 * Math.PI);
     ctx.fillStyle = positive ? "#16a34a" : "#dc2626";
     ctx.fill();
-    ctx.lineWidth = 1.5 * scale;
+    ctx.lineWidth = 1.5;
     ctx.strokeStyle = "#fff";
     ctx.stroke();
   }
+}
+
+// ---- view: fit, zoom, pan ------------------------------------------------------------------------------
+
+const fitScale = () => Math.min(els.drop.clientWidth / state.width, els.drop.clientHeight / state.height);
+
+// Keep the image in view: on each axis at least half of the image (or of the view, if smaller) stays visible.
+// Loose on purpose: zooming at the pointer keeps the pixel under it fixed, even near an edge of the image.
+function clampView() {
+  const v = state.view, w = els.drop.clientWidth, h = els.drop.clientHeight;
+  const sw = state.width * v.s, sh = state.height * v.s, mx = Math.min(sw, w) / 2, my = Math.min(sh, h) / 2;
+  v.tx = Math.min(w - mx, Math.max(mx - sw, v.tx));
+  v.ty = Math.min(h - my, Math.max(my - sh, v.ty));
+}
+
+function applyView() {
+  if (!state.width) return;
+  const v = state.view;
+  clampView();
+  els.stage.style.transform = `translate(${v.tx}px, ${v.ty}px) scale(${v.s})`;
+  els.stage.classList.toggle("pixelated", v.s >= 4);
+  els.zoomLevel.textContent = `${Math.round(v.s * 100)}%`;
+  drawClicks();
+}
+
+function fitView() {
+  if (!state.width) return;
+  const s = fitScale();
+  Object.assign(state.view, { s, tx: (els.drop.clientWidth - state.width * s) / 2,
+                              ty: (els.drop.clientHeight - state.height * s) / 2, fit: true });
+  applyView();
+}
+
+// Zoom to scale s keeping the view point (lx, ly) (CSS px, default: the view's centre) over the same image point.
+function zoomTo(s, lx = els.drop.clientWidth / 2, ly = els.drop.clientHeight / 2) {
+  if (!state.width) return;
+  const v = state.view, f = fitScale();
+  s = Math.min(Math.max(s, f * MIN_ZOOM_OF_FIT), Math.max(MAX_ZOOM, f * 8));
+  v.tx = lx - (lx - v.tx) * s / v.s;
+  v.ty = ly - (ly - v.ty) * s / v.s;
+  v.s = s; v.fit = false;
+  applyView();
+}
+
+// Client (viewport) coordinates -> the view's own CSS px (through any outer transform or page zoom).
+function toView(clientX, clientY) {
+  const r = els.drop.getBoundingClientRect();
+  const kx = r.width > 0 ? els.drop.offsetWidth / r.width : 1, ky = r.height > 0 ? els.drop.offsetHeight / r.height : 1;
+  return { x: (clientX - r.left) * kx - els.drop.clientLeft, y: (clientY - r.top) * ky - els.drop.clientTop };
+}
+
+function onWheel(event) {
+  if (!state.session) return;
+  event.preventDefault();
+  const unit = event.deltaMode === 1 ? 16 : event.deltaMode === 2 ? els.drop.clientHeight : 1;
+  const p = toView(event.clientX, event.clientY);
+  zoomTo(state.view.s * Math.exp(-event.deltaY * unit * 0.002), p.x, p.y);
+}
+
+let pan = null;   // {id, x, y}: the pointer dragging the view and its last position (view CSS px)
+
+function startPan(event) {
+  event.preventDefault();
+  const p = toView(event.clientX, event.clientY);
+  pan = { id: event.pointerId, x: p.x, y: p.y };
+  els.clicks.setPointerCapture(event.pointerId);
+  els.drop.classList.add("panning");
+}
+
+function onPointerMove(event) {
+  if (!pan || event.pointerId !== pan.id) return;
+  const p = toView(event.clientX, event.clientY), v = state.view;
+  v.tx += p.x - pan.x; v.ty += p.y - pan.y; v.fit = false;
+  pan.x = p.x; pan.y = p.y;
+  applyView();
+}
+
+function endPan(event) {
+  if (!pan || event.pointerId !== pan.id) return;
+  pan = null;
+  els.drop.classList.remove("panning");
+}
+
+function updatePanCursor() {
+  els.drop.classList.toggle("pan-ready", state.panMode || state.spaceDown);
+}
+
+function setPanMode(on) {
+  state.panMode = on;
+  els.pan.setAttribute("aria-pressed", String(on));
+  updatePanCursor();
 }
 
 // ---- controls --------------------------------------------------------------------------------------
@@ -201,6 +314,17 @@ function setNegativeMode(on) {
 }
 
 els.clicks.addEventListener("pointerdown", onPointerDown);
+els.clicks.addEventListener("pointermove", onPointerMove);
+els.clicks.addEventListener("pointerup", endPan);
+els.clicks.addEventListener("pointercancel", endPan);
+els.clicks.addEventListener("mousedown", (e) => { if (e.button === 1) e.preventDefault(); });   // no autoscroll
+els.clicks.addEventListener("auxclick", (e) => e.preventDefault());
+els.drop.addEventListener("wheel", onWheel, { passive: false });
+els.zoomIn.addEventListener("click", () => zoomTo(state.view.s * ZOOM_STEP));
+els.zoomOut.addEventListener("click", () => zoomTo(state.view.s / ZOOM_STEP));
+els.fit.addEventListener("click", fitView);
+els.zoom1.addEventListener("click", () => zoomTo(1));
+els.pan.addEventListener("click", () => setPanMode(!state.panMode));
 els.clicks.addEventListener("contextmenu", (e) => e.preventDefault());
 els.drop.addEventListener("pointerdown", (e) => {
   if (!state.session && e.target !== els.clicks) setStatus("Open an image first, then click on it.", "error");
@@ -217,10 +341,27 @@ for (const type of ["dragleave", "drop"]) {
   document.addEventListener(type, (e) => { e.preventDefault(); els.drop.classList.remove("dragover"); });
 }
 document.addEventListener("drop", (e) => openFile(e.dataTransfer.files[0]));
+const typing = (e) => e.target instanceof HTMLInputElement && e.target.type !== "range" && e.target.type !== "file";
 document.addEventListener("keydown", (e) => {
   if ((e.ctrlKey || e.metaKey) && e.key === "z" && !els.undo.disabled) { e.preventDefault(); els.undo.click(); }
+  if (!state.session || e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
+  if (e.key === " ") {   // hold Space to pan (and never let it scroll the page or press a focused button)
+    e.preventDefault();
+    if (!state.spaceDown) { state.spaceDown = true; updatePanCursor(); }
+  } else if (e.key === "+" || e.key === "=") { e.preventDefault(); zoomTo(state.view.s * ZOOM_STEP); }
+  else if (e.key === "-" || e.key === "_") { e.preventDefault(); zoomTo(state.view.s / ZOOM_STEP); }
+  else if (e.key === "0") { e.preventDefault(); fitView(); }
+  else if (e.key === "1") { e.preventDefault(); zoomTo(1); }
 });
-new ResizeObserver(() => { if (state.session) drawClicks(); }).observe(els.image);
+document.addEventListener("keyup", (e) => {
+  if (e.key === " " && state.spaceDown) { e.preventDefault(); state.spaceDown = false; updatePanCursor(); }
+});
+window.addEventListener("blur", () => { state.spaceDown = false; updatePanCursor(); });
+// The view follows the window: refit while the user has not zoomed or panned, else keep the image in view.
+new ResizeObserver(() => {
+  if (!state.session) return;
+  if (state.view.fit) fitView(); else applyView();
+}).observe(els.drop);
 els.mask.style.opacity = els.opacity.value;
 
 api("api/config").then((c) => { state.config = c; }).catch((e) => setStatus(e.message, "error"));
