@@ -12,6 +12,9 @@ at the end. A failure (or Ctrl+C) leaves nothing behind, and an existing convert
 --output is replaced only once the new one is complete. An existing --output that is not a
 converted directory (a file, or a folder without model_config.json) is refused, never deleted.
 Errors are one `convert: error: ...` line and exit code 2.
+
+For checkpoints of 16 MiB or more (or with --progress) it reports each phase on stderr: tensors read with an ETA,
+then how long mapping and writing took. The JSON report on stdout is unchanged.
 """
 import argparse
 import json
@@ -21,6 +24,8 @@ import shutil
 import sys
 import tempfile
 import time
+
+PROGRESS_MIN_BYTES = 16 << 20   # below this a conversion takes a few seconds: phase lines would only be noise
 
 
 def _prepare_output(out: pathlib.Path) -> pathlib.Path:
@@ -61,28 +66,58 @@ def main(argv=None):
     parser.add_argument("--checkpoint", required=True, help="official .pth (torch.save of {'state_dict', 'config'})")
     parser.add_argument("--output", required=True,
                         help="directory to write (created; an existing converted directory is replaced)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"report the phases on stderr (default: for checkpoints of {PROGRESS_MIN_BYTES >> 20} MiB "
+                             "or more)")
     args = parser.parse_args(argv)
+    bar = None
 
     def fail(msg):
+        if bar is not None:
+            bar.close()   # ends a half-drawn terminal line, so the error starts on its own
         print(f"convert: error: {msg}", file=sys.stderr)
         return 2
 
     from fcfi_jax.convert.checkpoint import convert_official, save_converted
     from fcfi_jax.convert.mapping import ConversionError
     from fcfi_jax.convert.torch_pickle import CheckpointError
+    from fcfi_jax.progress import Progress, format_seconds
 
     t0 = time.time()
     out = pathlib.Path(args.output).absolute()
     if not os.path.isfile(args.checkpoint):
         return fail(f"checkpoint not found: {args.checkpoint}")
+    show = args.progress if args.progress is not None else os.path.getsize(args.checkpoint) >= PROGRESS_MIN_BYTES
+    name = os.path.basename(args.checkpoint)
+    t_phase = time.perf_counter()
+
+    def say(msg):
+        if show:
+            print(msg, file=sys.stderr, flush=True)
+
+    def on_read(done, total):
+        nonlocal bar, t_phase
+        if bar is None:
+            bar = Progress(total, f"reading {name}", unit="tensors", quiet=not show)
+        bar.update(done=done)
+        if done == total:   # the rest of convert_official: validate the config, build the model, fill it
+            bar.close()
+            t_phase = time.perf_counter()
+            say("mapping onto the fcfi_jax model ...")
+
     try:
         tmp = _prepare_output(out)
     except OSError as e:
         return fail(e)
     try:
-        model, report = convert_official(args.checkpoint)
+        model, report = convert_official(args.checkpoint, progress=on_read)
+        if bar is not None:
+            bar.close()   # no-op unless the archive held records the pickle never used
+        say(f"mapped in {format_seconds(time.perf_counter() - t_phase)}; writing {out} ...")
+        t_phase = time.perf_counter()
         save_converted(model, tmp, extra={"conversion": report})
         _publish(tmp, out)
+        say(f"written in {format_seconds(time.perf_counter() - t_phase)}")
     except (CheckpointError, ConversionError) as e:
         return fail(e)
     except OSError as e:

@@ -23,9 +23,11 @@ CONFIG_FILE = "model_config.json"
 STATE_DIR = "state"
 
 
-def convert_official(path) -> tuple[ISModel, dict]:
-    """Read an official checkpoint (no torch needed, no pickled code run) into a new model, strictly."""
-    state_dict, official_config = read_official_checkpoint(path)
+def convert_official(path, progress=None) -> tuple[ISModel, dict]:
+    """Read an official checkpoint (no torch needed, no pickled code run) into a new model, strictly.
+
+    progress(done, total): called while reading, per tensor record (see `torch_pickle.load_torch_file`)."""
+    state_dict, official_config = read_official_checkpoint(path, progress)
     if official_config is None:
         raise CheckpointError(f"{path} holds a bare state_dict without the official 'config' entry; "
                               "the architecture cannot be known. Save it with the official save_checkpoint.")

@@ -157,9 +157,12 @@ def _allowed_globals(budget: _Budget) -> dict:
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that resolves only allow-listed globals and reads storages from the zip (cached per key)."""
 
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str, file_size: int):
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str, file_size: int, progress=None):
         super().__init__(file)
         self._zip, self._prefix, self._byteorder = archive, prefix, byteorder
+        self._progress = progress
+        if progress is not None:   # the storage records in the archive: an upper bound on what the pickle reads
+            self._n_records = sum(n.startswith(f"{prefix}/data/") for n in archive.namelist())
         self._storages: dict[str, np.ndarray] = {}
         self._file_size, self._inflated = file_size, 0
         self._allowed = _allowed_globals(_Budget(file_size))
@@ -177,6 +180,8 @@ class _SafeUnpickler(pickle.Unpickler):
         _, stype, key, _location, numel = pid
         if key not in self._storages:
             self._storages[key] = self._read_storage(key, stype.dtype, numel)
+            if self._progress is not None:
+                self._progress(len(self._storages), self._n_records)
         arr = self._storages[key]
         if arr.dtype != stype.dtype:  # one storage is only ever pickled with one type by torch.save
             raise _Corrupt(f"storage {key} used as both {arr.dtype} and {stype.dtype}")
@@ -222,8 +227,10 @@ def _is_legacy_torch_file(path) -> bool:
     return head[:1] == b"\x80" or (len(head) >= 262 and head[257:262] == b"ustar")
 
 
-def load_torch_file(path) -> object:
-    """Unpickle a torch.save zip safely; tensors become contiguous numpy arrays, containers stay as they are."""
+def load_torch_file(path, progress=None) -> object:
+    """Unpickle a torch.save zip safely; tensors become contiguous numpy arrays, containers stay as they are.
+
+    progress(done, total): called after each storage record is read (records, i.e. tensors, of the archive)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -259,7 +266,7 @@ def load_torch_file(path) -> object:
                                       f"than the {MAX_PICKLE_BYTES >> 20} MiB fcfi_jax reads (official ones are "
                                       "~350 kB); is it a checkpoint of a much larger model?")
             with archive.open(info) as f:
-                return _SafeUnpickler(f, archive, prefix, byteorder, file_size).load()
+                return _SafeUnpickler(f, archive, prefix, byteorder, file_size, progress).load()
     except CheckpointError:
         raise
     except _Corrupt as e:
@@ -268,11 +275,12 @@ def load_torch_file(path) -> object:
         raise bad(f"{type(e).__name__}: {e}"[:300]) from None
 
 
-def read_official_checkpoint(path) -> tuple[dict[str, np.ndarray], dict | None]:
+def read_official_checkpoint(path, progress=None) -> tuple[dict[str, np.ndarray], dict | None]:
     """Return (state_dict, config) of an official checkpoint: `{'state_dict', 'config'}` or a bare state_dict.
 
-    The config comes back unchecked: `fcfi_jax.convert.config_schema` validates it before anything uses it."""
-    obj = load_torch_file(path)
+    The config comes back unchecked: `fcfi_jax.convert.config_schema` validates it before anything uses it.
+    progress: as in `load_torch_file`."""
+    obj = load_torch_file(path, progress)
 
     def is_state_dict(d):
         return isinstance(d, dict) and all(isinstance(k, str) and len(k) <= 512 and isinstance(v, np.ndarray)

@@ -23,6 +23,7 @@ import numpy as np
 
 from fcfi_jax.evaluation.clicker import Clicker
 from fcfi_jax.evaluation.metrics import compute_noc_metrics, iou
+from fcfi_jax.progress import Progress
 
 # Official per-dataset zoom-in (target size, expansion ratio), configs/val/*.yml (docs/official_quirks.md #30).
 ZOOM_IN = {
@@ -69,6 +70,7 @@ def evaluate_dataset(predictor, dataset, n_clicks=20, indices=None, progress=Tru
     model_s0 = getattr(runner, "model_seconds", 0.0)
     samples, all_ious = [], []
     t_start = time.perf_counter()
+    bar = Progress(len(indices), dataset.name, unit="images", quiet=not progress)
     for n, i in enumerate(indices):
         try:
             sample = dataset[i]
@@ -83,10 +85,8 @@ def evaluate_dataset(predictor, dataset, n_clicks=20, indices=None, progress=Tru
             on_sample(samples[-1])
         if progress:
             m = compute_noc_metrics(all_ious, max_clicks=n_clicks)
-            print(f"\r{dataset.name}: {n + 1}/{len(indices)} images | NoC@85 {m.noc[1]:.2f} NoC@90 {m.noc[2]:.2f}"
-                  f" | {time.perf_counter() - t_start:.0f}s", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+            bar.update(done=n + 1, info=f"NoC@85 {m.noc[1]:.2f} NoC@90 {m.noc[2]:.2f}")
+    bar.close()
     elapsed = time.perf_counter() - t_start
     metrics = compute_noc_metrics(all_ious, max_clicks=n_clicks)
     n_total = n_clicks * len(samples)

@@ -27,6 +27,7 @@ from fcfi_jax.evaluation.device_clicker import clicker_inputs, next_click
 from fcfi_jax.evaluation.metrics import _ratio, compute_noc_metrics
 from fcfi_jax.inference.click_step import StepConfig, click_step, init_state, make_tables, model_net
 from fcfi_jax.inference.runner import canvas_size
+from fcfi_jax.progress import Progress
 
 __all__ = ["LockstepEvaluator", "data_mesh"]
 
@@ -172,6 +173,8 @@ class LockstepEvaluator:
         if loaded:
             cfg = self.config_for([s.gt.shape for _, s in loaded], n_clicks)
             tables = jax.device_put(make_tables(cfg, self.ffcm_ratio), self._rep)
+            # Counts against the loaded samples: skipped ones never run, so they must not hold the ETA up.
+            bar = Progress(len(loaded), dataset.name, unit="images", quiet=not progress)
             for start in range(0, len(loaded), self.batch):
                 chunk = loaded[start:start + self.batch]
                 res = self.run_batch(cfg, tables, [(s.image, s.gt) for _, s in chunk], n_clicks)
@@ -181,11 +184,8 @@ class LockstepEvaluator:
                                     "iou": ious, "clicks": clicks, "per_click": per_click})
                 if progress:
                     m = compute_noc_metrics(all_ious, max_clicks=n_clicks)
-                    print(f"\r{dataset.name}: {len(samples)}/{len(indices)} images | NoC@85 {m.noc[1]:.2f} "
-                          f"NoC@90 {m.noc[2]:.2f} | {time.perf_counter() - t_start:.0f}s", end="", file=sys.stderr,
-                          flush=True)
-            if progress:
-                print(file=sys.stderr)
+                    bar.update(done=len(samples), info=f"NoC@85 {m.noc[1]:.2f} NoC@90 {m.noc[2]:.2f}")
+            bar.close()
         elapsed = time.perf_counter() - t_start
         metrics = compute_noc_metrics(all_ious, max_clicks=n_clicks) if all_ious else None
         n_total = n_clicks * len(samples)

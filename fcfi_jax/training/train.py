@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fcfi_jax.convert.torch_pickle import CheckpointError
 from fcfi_jax.models.is_model import ISModel, ModelConfig, build_model
+from fcfi_jax.progress import format_seconds
 from fcfi_jax.training.clicks import first_new_points, next_points
 from fcfi_jax.training.losses import fcfi_loss
 from fcfi_jax.training.optim import make_optimizer
@@ -373,13 +374,16 @@ def train_and_evaluate(config, workdir) -> dict:
             mean["samples_per_second"] = n_window * config.batch_size / elapsed
             mean["input_wait_fraction"] = wait_s / elapsed
             writer.write_scalars(step, mean)
+            # From this window's step time, not the run's average: the first window holds the compilation, and input
+            # speed drifts over a long run. Evaluations and checkpoints in between are not counted.
+            eta_s = (total_steps - step) * elapsed / n_window
             if is_main:
                 with open(workdir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": step, **mean}) + "\n")
             print(f"step {step}/{total_steps}  loss {mean['loss']:.4f} (inst {mean['loss_instance']:.4f} "
                   f"fb1 {mean['loss_feedback1']:.4f} fb2 {mean['loss_feedback2']:.4f})  train IoU "
                   f"{mean['train_iou']:.3f}  lr {mean['lr']:.2e}  {mean['samples_per_second']:.1f} samples/s  "
-                  f"input wait {100 * mean['input_wait_fraction']:.0f}%", flush=True)
+                  f"input wait {100 * mean['input_wait_fraction']:.0f}%  ETA {format_seconds(eta_s)}", flush=True)
             results["train"] = mean
             pending, wait_s, t_window, n_window = [], 0.0, time.perf_counter(), 0
         if step % ckpt_every == 0 or last:
