@@ -17,7 +17,8 @@ Float64 host arithmetic of the official code (expand_bbox's rounding, the zoomed
 lookup tables computed on the host in float64 (`StepTables`), so the integer results are bit-identical on
 any device, including ones without float64. Click coordinates remapped by the zoom, y' = h' (y - rmin) / h,
 are the rational p / h rounded to float32 (what the official float64 value becomes in the float32 points
-tensor; `_ratio_f32`) and truncated with integer division (torch `.long()`); the flipped x' = w' - 1 - x'
+tensor; `models.rounding.div_f32`: integer arithmetic, since XLA's float32 division is not correctly rounded on
+every backend) and truncated with integer division (torch `.long()`); the flipped x' = w' - 1 - x'
 likewise.
 One approximation remains: the keep-previous-ROI test `iou_r * iou_c < 0.5` is evaluated exactly on the
 integer segment lengths, while the official float64 product of two rounded quotients may land on either side
@@ -34,6 +35,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fcfi_jax.models.rounding import div_f32
 
 __all__ = ["StepConfig", "StepTables", "ClickState", "init_state", "click_step", "make_tables", "points_from_clicks"]
 
@@ -226,18 +229,6 @@ def _keep_roi_fails(cfg, roi, new, clicks, valid_click):
     return outside | low
 
 
-def _ratio_f32(p, q):
-    """float32 of the rational p / q (int32 arrays, q > 0) as integer part plus fraction.
-
-    XLA:CPU divides float32 vectors by a broadcast divisor through its reciprocal, which is not correctly rounded
-    (480 * 341 / 480 came out as 341.00003 and moved a click disk by a pixel). Here a whole quotient is exact and
-    only the fraction r / q (< 1, error ~1e-7) is divided, so the sum rounds like the official float64 value
-    except within ~1e-7 of a float32 rounding midpoint."""
-    whole = jnp.floor_divide(p, q)
-    frac = (p - whole * q).astype(jnp.float32) / q.astype(jnp.float32)
-    return whole.astype(jnp.float32) + frac
-
-
 def points_from_clicks(clicks, valid_click, ys, xs, n):
     """(2n, 3) float32 points: positives then negatives in click order as (y, x, click index), -1 padding."""
     pos = (clicks[:, 2] > 0) & valid_click
@@ -291,7 +282,7 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
     # clicks in net-input coordinates: p / q exact rationals (see module docstring)
     py = zh * (clicks[:, 0] - off[0])
     px = zw * (clicks[:, 1] - off[1])
-    ys, xs = _ratio_f32(py, src_h), _ratio_f32(px, src_w)
+    ys, xs = div_f32(py, src_h), div_f32(px, src_w)
     yi, xi = py // src_h, px // src_w
     pts = [points_from_clicks(clicks, valid_click, ys, xs, cfg.points_n)]
     newest = jnp.stack([yi[n], xi[n], clicks[n, 2]])
@@ -299,7 +290,7 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
     batch = [x_in]
     if cfg.with_flip:
         pf = src_w * (zw - 1) - px                       # w' - 1 - x' = pf / src_w, > -src_w
-        xf = _ratio_f32(pf, src_w)
+        xf = div_f32(pf, src_w)
         xfi = jnp.where(pf >= 0, pf // src_w, 0)          # truncation toward zero (torch .long())
         pts.append(points_from_clicks(clicks, valid_click, ys, xf, cfg.points_n))
         new_pts.append(jnp.stack([yi[n], xfi[n], clicks[n, 2]]))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fcfi_jax.models.layers import Conv2d, ConvBNReLU, XConvBNReLU, accum_dtype, apply_mask, resize_ac
+from fcfi_jax.models.rounding import div_f32
 
 
 def ffcm_half_size(expansion_ratio: float, fb_h: int, fb_w: int) -> tuple[int, int]:
@@ -25,8 +26,10 @@ def ffcm_box(py, px, half_h, half_w, fbh, fbw, fth, ftw):
     """The official get_crop_locations / resize_points / resize_locations, in float32 (docs/official_quirks.md #7, #8):
     the click at feature resolution and its box there.
 
-    py, px (B,) click in input pixels; half_* the box half size; fb*, ft* the input and feature sizes (all
-    float32). Returns yf, xf (B,) int32 and box (B, 4) int32 (Y0, X0, Y1, X1), with Y0 <= yf < Y1.
+    py, px (B,) click in whole input pixels (the official clicks are integers); half_* the box half size; fb*,
+    ft* the input and feature sizes (all float32). Returns yf, xf (B,) int32 and box (B, 4) int32
+    (Y0, X0, Y1, X1), with Y0 <= yf < Y1. The quotients of whole numbers are IEEE-rounded on every backend
+    (`rounding.div_f32`), as PyTorch's float32 division is; a one-ulp error would move a box edge by a pixel.
     """
     # Full-resolution box, clipped, then truncated like `.long()`.
     y0 = jnp.trunc(jnp.maximum(py - half_h, 0.0))
@@ -34,13 +37,13 @@ def ffcm_box(py, px, half_h, half_w, fbh, fbw, fth, ftw):
     y1 = jnp.trunc(jnp.minimum(py + half_h, fbh))
     x1 = jnp.trunc(jnp.minimum(px + half_w, fbw))
     # Click and box at feature resolution (float32 divide then multiply, as the official code).
-    yf = jnp.trunc(py / fbh * fth).astype(jnp.int32)
-    xf = jnp.trunc(px / fbw * ftw).astype(jnp.int32)
+    yf = jnp.trunc(div_f32(py, fbh) * fth).astype(jnp.int32)
+    xf = jnp.trunc(div_f32(px, fbw) * ftw).astype(jnp.int32)
     box = jnp.stack([
-        jnp.maximum(jnp.floor(y0 / fbh * fth), 0.0),
-        jnp.maximum(jnp.floor(x0 / fbw * ftw), 0.0),
-        jnp.minimum(jnp.ceil(y1 / fbh * fth), fth),
-        jnp.minimum(jnp.ceil(x1 / fbw * ftw), ftw),
+        jnp.maximum(jnp.floor(div_f32(y0, fbh) * fth), 0.0),
+        jnp.maximum(jnp.floor(div_f32(x0, fbw) * ftw), 0.0),
+        jnp.minimum(jnp.ceil(div_f32(y1, fbh) * fth), fth),
+        jnp.minimum(jnp.ceil(div_f32(x1, fbw) * ftw), ftw),
     ], axis=1).astype(jnp.int32)
     return yf, xf, box
 
