@@ -38,9 +38,6 @@ def test_clicky_record_first_clicks(fixtures_dir, data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known defect: vmapped, XLA:CPU divides FFCM's box coordinates by a "
-                   "broadcast divisor through its reciprocal (476/640*160 gives 119.00001, ceil 120 instead of 119), "
-                   "so updated_feedback1 differs and clicks diverge (banana1, click 7)")
 def test_clicky_record(fixtures_dir, data_dir):
     """All 5 images x 20 clicks in one lockstep batch (image 40 has the stale-ROI quirk of
     docs/official_quirks.md #29: 9 unzoomed clicks)."""

@@ -85,16 +85,14 @@ def test_cli_batch_flag(data_dir, tmp_path):
     out = tmp_path / "res"
     assert main(["--checkpoint", str(ckpt), "--datasets", "GrabCut", "--data-root", str(data_dir), "--output",
                  str(out), "--n-clicks", "2", "--limit", "2", "--every", "25", "--no-zoom-in", "--batch", "2",
-                 "--unverified-lockstep", "--cache-dir", str(tmp_path / "xla")]) == 0
+                 "--cache-dir", str(tmp_path / "xla")]) == 0
     r = json.loads((out / "results.json").read_text())[0]
     assert r["n_samples"] == 2 and r["protocol"]["batch"] == 2 and r["protocol"]["compilations"] == 1
     for s in r["per_image"]:
         assert len(s["iou"]) == len(s["clicks"]) == 2
         assert s["per_click"][0]["net_input_shape"] == [2] + s["image_hw"] + [4]
     with pytest.raises(SystemExit):
-        main(["--checkpoint", "x", "--output", str(out), "--batch", "0", "--unverified-lockstep"])
-    with pytest.raises(SystemExit):   # refused without the explicit flag: its results are not verified yet
-        main(["--checkpoint", "x", "--output", str(out), "--batch", "2"])
+        main(["--checkpoint", "x", "--output", str(out), "--batch", "0"])
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:

@@ -175,9 +175,6 @@ def main(argv=None):
                    help="evaluate N samples in lockstep, clicker and predictor in one compiled device program, the "
                         "batch sharded over all devices (fcfi_jax/evaluation/lockstep.py); default: one sample at "
                         "a time with the host predictor")
-    p.add_argument("--unverified-lockstep", action="store_true",
-                   help="allow --batch although its results do not match the official records yet (known defect: in "
-                        "the batched canvas forward FFCM's corrected feedback differs; for development and timing)")
     p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
     from fcfi_jax.predict import add_dtype_arg, check_output_dir, parse_zoom_in
 
@@ -199,9 +196,6 @@ def main(argv=None):
         p.error(str(e))
     if args.batch is not None and args.batch < 1:
         p.error(f"--batch must be a positive number of samples, got {args.batch}")
-    if args.batch is not None and not args.unverified_lockstep:
-        p.error("--batch does not reproduce the official records yet (the batched canvas forward gets FFCM's "
-                "feedback wrong); leave it out, or add --unverified-lockstep for development and timing only")
     if args.batch is not None and args.dtype != "float32":
         p.error("--dtype float64 runs the host predictor: leave out --batch")
     if not 1 <= args.n_clicks <= 100:

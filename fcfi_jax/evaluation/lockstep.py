@@ -163,20 +163,23 @@ class LockstepEvaluator:
         """The protocol over `dataset` in lockstep batches; the results dict of `evaluate_dataset`."""
         indices = list(range(len(dataset))) if indices is None else list(indices)
         t_start = time.perf_counter()
-        loaded = []
+        # Two passes keep memory at one batch of samples: the first reads each sample once for its shape (the
+        # shared canvas is sized from all of them) and reports unreadable ones; the second loads batch by batch.
+        shapes = {}
         for i in indices:
             try:
-                loaded.append((i, dataset[i]))
+                shapes[i] = dataset[i].gt.shape
             except ValueError as e:   # corrupt image or mask: report it and evaluate the rest
                 print(f"evaluate: skipping {dataset.name} sample {i}: {e}", file=sys.stderr)
+        kept = [i for i in indices if i in shapes]
         samples, all_ious = [], []
-        if loaded:
-            cfg = self.config_for([s.gt.shape for _, s in loaded], n_clicks)
+        if kept:
+            cfg = self.config_for(list(shapes.values()), n_clicks)
             tables = jax.device_put(make_tables(cfg, self.ffcm_ratio), self._rep)
-            # Counts against the loaded samples: skipped ones never run, so they must not hold the ETA up.
-            bar = Progress(len(loaded), dataset.name, unit="images", quiet=not progress)
-            for start in range(0, len(loaded), self.batch):
-                chunk = loaded[start:start + self.batch]
+            # Counts against the readable samples: skipped ones never run, so they must not hold the ETA up.
+            bar = Progress(len(kept), dataset.name, unit="images", quiet=not progress)
+            for start in range(0, len(kept), self.batch):
+                chunk = [(i, dataset[i]) for i in kept[start:start + self.batch]]
                 res = self.run_batch(cfg, tables, [(s.image, s.gt) for _, s in chunk], n_clicks)
                 for (i, s), (ious, clicks, per_click) in zip(chunk, res):
                     all_ious.append(ious)
