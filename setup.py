@@ -7,8 +7,10 @@ already installed (Colab ships its own, GPU-enabled ones). `constraints.txt` hol
 from setuptools import find_packages, setup
 
 # Conversion, inference (`fcfi_jax.predict`, `fcfi_jax.evaluate`, the demo, the notebook): no TensorFlow.
-# JAX/Flax: from the oldest release tested (tests/test_install.py runs the notebook on jax 0.10.1, CI the suite on
-# the lock) to the next minor release, whose API changes are not known yet. Libraries with stable APIs: wide.
+# Every lower bound below is tested: tests/test_install.py installs all of them together (read from this list) and
+# runs the notebook (convert, predict, demo server), `fcfi_jax.evaluate` and `fcfi_jax.main`'s flag parsing there;
+# CI runs the suite on the lock. Raise a bound rather than declare one no test installs.
+# JAX/Flax: up to the next minor release, whose API changes are not known yet. Libraries with stable APIs: no cap.
 INSTALL_REQUIRES = [
     "jax>=0.10.1,<0.11",
     "jaxlib>=0.10.1,<0.11",        # imported directly: the direct 3x3 conv kernel builds against its headers
@@ -18,13 +20,15 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     "scipy>=1.14",
     "ml-dtypes>=0.5",              # bfloat16 tensors in official checkpoints
-    # Colab ships 4.x (the notebook test runs on 4.13, CI on the lock's 5.0): a 5.x forced beside Colab's
-    # opencv-python 4.x would mix two builds in one cv2 directory.
-    "opencv-python-headless>=4.8,<6",
+    # 4.x and 5.x both: Colab ships opencv-python 4.x, and a 5.x forced beside it would mix two builds in one cv2
+    # directory; the lower-bound test runs on 4.10, CI on the lock's 5.x. 4.10.0.84: the first wheels built for
+    # NumPy 2 (older ones fail at `import cv2` with "numpy.core.multiarray failed to import").
+    "opencv-python-headless>=4.10.0.84,<6",
     "pillow>=10",                  # demo uploads; palette PNGs of PascalVOC
     "ml-collections>=1.0",
     "absl-py>=1.0",
-    "matplotlib>=3.7",             # `fcfi_jax.evaluate` writes miou.png; the notebook draws with it
+    # `fcfi_jax.evaluate` writes miou.png; the notebook draws with it. 3.8.4: the first release built for NumPy 2.
+    "matplotlib>=3.8.4",
 ]
 
 EXTRAS_REQUIRE = {
@@ -46,6 +50,11 @@ EXTRAS_REQUIRE = {
         "onnx>=1.18,<2",
         "onnx-ir>=1.0,<2",
         "onnxruntime>=1.22,<2",
+    ],
+    # `python -m fcfi_jax.annotate` and the demo's COCO export/import (RLE masks); everything else works without it.
+    # 2.0.8: the first wheels built for NumPy 2; CI runs the lock's version.
+    "annotate": [
+        "pycocotools>=2.0.8",
     ],
     # torch only cross-checks the torch-free checkpoint reader; exact version: a range pulls a multi-GB CUDA build.
     # nbclient/nbformat/ipykernel run the notebook headless; playwright drives the system chromium for the demo's

@@ -3,16 +3,20 @@
 - `pip install . -c constraints.txt` without the `[train]` extra installs no TensorFlow, TFDS, clu or TensorBoard,
   and the checkpoint converter, `fcfi_jax.predict`, `fcfi_jax.evaluate` and the demo server work there, while
   `python -m fcfi_jax.main` says which extra training needs;
-- installing into an environment that already holds a different, in-range JAX and OpenCV (as Colab does) keeps
-  them, and the Colab notebook, whose install cell does the installing, runs there.
+- the lower bounds: with every runtime dependency at the lowest version setup.py declares, installed together
+  before fcfi_jax (as Colab holds its own, older JAX, NumPy and OpenCV), installing fcfi_jax keeps them all, and
+  the Colab notebook, whose install cell does the installing (then converts, predicts and serves the demo),
+  `fcfi_jax.evaluate` and `fcfi_jax.main`'s flag parsing run there.
 
 One environment serves every test, because the installs dominate the time: the tests of the locked install come
-first and the notebook test then swaps in the older JAX and OpenCV (pytest runs a module's tests in the order they
+first and the lower-bound test then swaps in the oldest versions (pytest runs a module's tests in the order they
 are defined).
 """
+import ast
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -20,12 +24,11 @@ import time
 import urllib.request
 
 import pytest
+from packaging.version import Version
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONSTRAINTS = REPO / "constraints.txt"
 TRAIN_ONLY = ("tensorflow", "tensorflow_datasets", "clu", "tensorboard")
-# In setup.py's ranges but not the locked versions; Colab's preinstalled JAX and OpenCV differ from the lock alike.
-PREINSTALLED = {"jax": "0.10.1", "jaxlib": "0.10.1", "opencv-python-headless": "4.13.0.92"}
 IMAGE = "GrabCut/data_GT/106024.jpg"   # the first GrabCut sample, so that evaluate compiles what predict compiled
 SAME_SHAPES = ["--no-zoom-in", "--no-flip", "--canvas-step", "128"]
 
@@ -61,9 +64,27 @@ class Venv:
         return json.loads(self.run(self.python, "-c", code, cwd=cwd, what="find_spec").stdout)
 
 
+def _name(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
 def _locked() -> dict:
     pins = (line.split("==") for line in CONSTRAINTS.read_text().splitlines() if "==" in line)
-    return {name.strip().lower().replace("_", "-"): version.strip() for name, version in pins}
+    return {_name(name): version.strip() for name, version in pins}
+
+
+def _lower_bounds() -> dict:
+    """{name: lowest version} of setup.py's INSTALL_REQUIRES, read without running setup.py. Every runtime
+    dependency must declare one: a range without a tested bottom would promise versions nobody ran."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    requires = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and any(getattr(t, "id", None) == "INSTALL_REQUIRES" for t in node.targets))
+    bounds = {}
+    for requirement in requires:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9][0-9.]*)(,<[0-9.]+)?", requirement.replace(" ", ""))
+        assert m, f"setup.py: {requirement!r} needs a lower bound (name>=version[,<version]) for this test"
+        bounds[_name(m[1])] = m[2]
+    return bounds
 
 
 @pytest.fixture(scope="module")
@@ -161,17 +182,20 @@ def test_training_without_train_extra_says_what_to_install(venv, work):
     assert "Traceback" not in r.stderr and not (work / "train").exists()
 
 
-def test_install_keeps_installed_jax_and_notebook_runs(venv, work, source, fixtures_dir, data_dir, monkeypatch):
+def test_lowest_versions_are_kept_and_notebook_evaluate_run(venv, work, source, fixtures_dir, data_dir,
+                                                            monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
 
-    # The state Colab starts from: its own (here older, in-range) JAX and OpenCV, a Jupyter kernel, no fcfi_jax.
-    lock_but_preinstalled = work / "constraints_colab.txt"
-    lock_but_preinstalled.write_text("".join(
-        line + "\n" for line in CONSTRAINTS.read_text().splitlines()
-        if line.split("==")[0].strip().lower().replace("_", "-") not in PREINSTALLED))
-    venv.pip("install", "-q", "--no-compile", *(f"{k}=={v}" for k, v in PREINSTALLED.items()), "ipykernel",
-             "-c", lock_but_preinstalled, cwd=work, what="pip install older jax/opencv + ipykernel")
+    # The state Colab starts from: its own, older in-range packages (here every runtime dependency at setup.py's
+    # lower bound, which also tests those bounds), a Jupyter kernel, no fcfi_jax. The rest stays locked.
+    oldest = _lower_bounds()
+    assert oldest["jax"] != _locked()["jax"]   # else the "kept, not replaced" check below proves nothing for JAX
+    lock_but_oldest = work / "constraints_oldest.txt"
+    lock_but_oldest.write_text("".join(line + "\n" for line in CONSTRAINTS.read_text().splitlines()
+                                       if _name(line.split("==")[0]) not in oldest))
+    venv.pip("install", "-q", "--no-compile", *(f"{k}=={v}" for k, v in oldest.items()), "ipykernel",
+             "-c", lock_but_oldest, cwd=work, what="pip install lower bounds + ipykernel")
     venv.pip("uninstall", "-y", "-q", "fcfi_jax", cwd=work, what="pip uninstall fcfi_jax")
 
     # A kernel running the venv's python, so that the notebook's install cell installs into the venv.
@@ -199,7 +223,22 @@ def test_install_keeps_installed_jax_and_notebook_runs(venv, work, source, fixtu
     assert f"fcfi_jax from {venv.root}" in text
     assert "click 2: (30, 30) -" in text and "demo server answers" in text
     assert (nb_work / "mask.png").is_file()
-    versions = venv.versions(cwd=work)
-    assert {k: versions[k] for k in PREINSTALLED} == PREINSTALLED   # kept, not replaced by the locked versions
-    assert "fcfi-jax" in versions or "fcfi_jax" in versions
+    versions = {_name(k): v for k, v in venv.versions(cwd=work).items()}
+    # kept, not replaced by newer ones (compared as versions: "1.0" in setup.py is installed as 1.0.0)
+    assert {k: Version(versions[k]) for k in oldest} == {k: Version(v) for k, v in oldest.items()}
+    assert "fcfi-jax" in versions
     assert not any(venv.importable(TRAIN_ONLY, cwd=work).values())
+    venv.pip("check", cwd=work, what="pip check (lower bounds)")
+
+    # What the notebook does not run, on the same lowest versions: evaluation (scipy's distance transform, the
+    # matplotlib plot) on the checkpoint the notebook converted, and the training CLI's flag parsing (absl-py,
+    # ml-collections) up to its missing-extra message.
+    out = work / "eval_oldest"
+    venv.run(venv.python, "-m", "fcfi_jax.evaluate", "--checkpoint", nb_work / "converted", "--datasets", "GrabCut",
+             "--data-root", data_dir, "--output", out, "--limit", "1", "--n-clicks", "2", *SAME_SHAPES,
+             cwd=work, what="fcfi_jax.evaluate (lower bounds)")
+    assert json.loads((out / "results.json").read_text())[0]["n_samples"] == 1 and (out / "miou.png").is_file()
+    r = subprocess.run([venv.python, "-m", "fcfi_jax.main", f"--config={REPO / 'configs' / 'hrnet18s.py'}:local",
+                        f"--workdir={work / 'train_oldest'}"], cwd=work, env=venv.env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "training needs the [train] extra" in r.stderr, r.stderr[-2000:]
