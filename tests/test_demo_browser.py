@@ -58,6 +58,7 @@ def demo(fixtures_dir, data_dir):
     masks = [ref.add_click(*c)[0] for c in CLICKS]
     assert all(m.any() for m in masks)
     server = serve_in_thread(DemoApp(runner, zoom_in=None, with_flip=False), port=0)
+    server.make_predictor = lambda: Predictor(runner, zoom_in=None, with_flip=False)   # for the objects test
     yield server, masks
     server.shutdown()
     server.server_close()
@@ -347,5 +348,65 @@ def test_zoomed_and_panned_clicks_land_on_image_pixels(browser, demo, data_dir):
         assert np.array_equal(_canvas_mask(page), ref_masks[2])
         rgba = _marker_rgba(page, px, py)
         assert rgba[3] == 255 and rgba[0] > 150 and rgba[1] < 80, rgba   # the red marker
+    finally:
+        context.close()
+
+
+def test_two_objects_exported_as_coco(browser, demo, data_dir, tmp_path):
+    """Annotate two objects with the mouse and the keyboard (typed labels, Enter / N to finish), select and rename
+    one in the list, and download the COCO file: pycocotools reads it, and its masks and areas are the Predictor's
+    (the second object without the pixel it shares with the first: the no-overlap rule)."""
+    from pycocotools.coco import COCO
+
+    server, _ = demo
+    objects = [("bird", [(202, 292, True), (99, 312, True)]), ("grass", [(50, 100, True)])]
+    ref = server.make_predictor()
+    ref.set_image(read_image(data_dir / IMAGE))
+    want = []
+    for _, clicks in objects:
+        ref.reset()
+        m = [ref.add_click(*c)[0] for c in clicks][-1]
+        want.append(m & ~want[0] if want else m)
+    assert want[1].any() and want[1].sum() < ref.mask.sum()
+    context = browser.new_context(viewport={"width": 1000, "height": 700}, accept_downloads=True)
+    page = context.new_page()
+    try:
+        page.goto(server.url)
+        page.wait_for_function("window.fcfiDemo && window.fcfiDemo.config")
+        page.set_input_files("#file", str(data_dir / IMAGE))
+        _idle(page, 0)
+        for k, (label, clicks) in enumerate(objects):
+            page.fill("#label", label)
+            for j, (y, x, positive) in enumerate(clicks):
+                _click_pixel(page, y, x, "left" if positive else "right")
+                _idle(page, j + 1)
+            page.keyboard.press("Enter" if k == 0 else "n")
+            page.wait_for_function(f"window.fcfiDemo.objects.length === {k + 1} && !window.fcfiDemo.busy")
+        assert page.evaluate("window.fcfiDemo.clicks") == [] and not _canvas_mask(page).any()
+        assert page.locator("#objects li").count() == 2 and "2. grass" in page.text_content("#objects")
+        # the finished objects are drawn in their palette colours on their own canvas
+        alpha = np.array(page.evaluate("""() => { const c = document.getElementById('objects-canvas');
+            return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }""")).reshape(
+            want[0].shape + (4,))[..., 3]
+        assert np.array_equal(alpha > 0, want[0] | want[1])
+
+        # select the second object in the list, rename it, then undo the rename with Ctrl+Z
+        page.click("#objects li:nth-child(2)")
+        page.fill("#rename", "lawn")
+        page.press("#rename", "Enter")
+        page.wait_for_function("window.fcfiDemo.objects[1].label === 'lawn' && !window.fcfiDemo.busy")
+        page.keyboard.press("Control+z")
+        page.wait_for_function("window.fcfiDemo.objects[1].label === 'grass' && !window.fcfiDemo.busy")
+
+        with page.expect_download() as d:
+            page.click("#export-coco")
+        assert d.value.suggested_filename == "24077.coco.json"
+        coco = COCO(d.value.path())
+        anns = coco.loadAnns(coco.getAnnIds())
+        assert [coco.loadCats(a["category_id"])[0]["name"] for a in anns] == ["bird", "grass"]
+        assert [a["area"] for a in anns] == [int(m.sum()) for m in want]
+        for a, m in zip(anns, want):
+            assert np.array_equal(coco.annToMask(a).astype(bool), m)
+        assert "Enter" in page.text_content("#rules") and "No overlap" in page.text_content("#rules")
     finally:
         context.close()

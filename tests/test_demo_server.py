@@ -42,7 +42,8 @@ def call(server, path, body=None, *, raw=False):
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     req = urllib.request.Request(server.url + path, data=data, method="GET" if body is None else "POST")
     if body is not None:   # the content types the page sends (others are refused: see test_hostile_inputs)
-        req.add_header("Content-Type", "application/octet-stream" if path == "api/image" else "application/json")
+        upload = path.split("?")[0] == "api/image"
+        req.add_header("Content-Type", "application/octet-stream" if upload else "application/json")
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             status, payload = r.status, r.read()
@@ -166,3 +167,138 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
     err = r.stderr.strip()
     assert r.returncode == 2 and needle in err and len(err.splitlines()) == 1, r.stderr
     assert err.startswith("fcfi_jax.demo: error: ") and r.stdout == ""
+
+
+# ------------------------------------------------------------------------------------------ objects and COCO
+
+OBJECT_1 = [(202, 292, True), (99, 312, True)]   # hrnet18s_clicky: 3044 px
+OBJECT_2 = [(50, 100, True)]                     # 1512 px, one of them also in object 1
+
+
+def _coco_masks(coco_bytes, tmp_path):
+    """pycocotools' view of an exported file: (COCO, [(label, area, mask)] in annotation order)."""
+    from pycocotools.coco import COCO
+
+    path = tmp_path / "export.json"
+    path.write_bytes(coco_bytes)
+    coco = COCO(str(path))
+    anns = coco.loadAnns(coco.getAnnIds())
+    return coco, [(coco.loadCats(a["category_id"])[0]["name"], a["area"], coco.annToMask(a).astype(bool)) for a in anns]
+
+
+def test_objects_finish_export_import_match_predictor(demo, data_dir, tmp_path):
+    """Two objects annotated through the API: the exported COCO (read by pycocotools), instance PNG and per-object
+    PNGs hold the Predictor's masks, the second without the pixel it shares with the first (no-overlap rule);
+    rename / delete / undo, and importing the export into a fresh session gives the same objects back."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    server, app, make_predictor = demo
+    image = read_image(data_dir / IMAGE)
+    ref = make_predictor()
+    ref.set_image(image)
+    m1 = [ref.add_click(*c)[0] for c in OBJECT_1][-1]
+    ref.reset()
+    m2 = [ref.add_click(*c)[0] for c in OBJECT_2][-1]
+    assert (m1 & m2).any() and (m2 & ~m1).any()   # the rule has something to remove
+    want = [("bird", m1), ("grass", m2 & ~m1)]
+
+    status, info = call(server, "api/image?name=photos%2F24077.jpg", (data_dir / IMAGE).read_bytes())
+    assert status == 200 and info["name"] == "24077.jpg"
+    sid = info["session"]
+    for clicks, label in ((OBJECT_1, "bird"), (OBJECT_2, "  grass ")):
+        for y, x, pos in clicks:
+            status, s = call(server, "api/click", {"session": sid, "y": y, "x": x, "positive": pos})
+            assert status == 200, s
+        status, s = call(server, "api/finish", {"session": sid, "label": label})
+        assert status == 200 and s["clicks"] == [] and s["area"] == 0, s
+    assert [(o["label"], o["area"]) for o in s["objects"]] == [(n, int(m.sum())) for n, m in want]
+    assert np.array_equal(png_mask_ids(s["objects_png"]), (1 * want[0][1] + 2 * want[1][1]))
+
+    status, exported = call(server, f"api/export/coco.json?session={sid}", raw=True)
+    assert status == 200
+    coco, anns = _coco_masks(exported, tmp_path)
+    assert coco.loadImgs(coco.getImgIds())[0]["file_name"] == "24077.jpg"
+    assert [(n, a) for n, a, _ in anns] == [(n, int(m.sum())) for n, m in want]
+    for (_, _, got), (_, m) in zip(anns, want):
+        assert np.array_equal(got, m)
+
+    status, png = call(server, f"api/export/instances.png?session={sid}", raw=True)
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.mode == "P" and len(set(im.getpalette()[3:9])) > 1   # visible colours, not grey 1, 2
+        ids = np.array(im)
+    assert np.array_equal(ids, 1 * want[0][1] + 2 * want[1][1])
+    status, zipped = call(server, f"api/export/objects.zip?session={sid}", raw=True)
+    with zipfile.ZipFile(io.BytesIO(zipped)) as z:
+        assert z.namelist() == ["001_bird.png", "002_grass.png"]
+        for name, (_, m) in zip(z.namelist(), want):
+            assert np.array_equal(png_mask(z.read(name)), m)
+
+    # rename, delete, then undo both; undo with no clicks walks back object operations
+    ids_ = [o["id"] for o in s["objects"]]
+    status, s = call(server, "api/object/update", {"session": sid, "id": ids_[0], "label": "penguin"})
+    assert status == 200 and [o["label"] for o in s["objects"]] == ["penguin", "grass"]
+    status, s = call(server, "api/object/delete", {"session": sid, "id": ids_[1]})
+    assert status == 200 and [o["label"] for o in s["objects"]] == ["penguin"]
+    s = call(server, "api/undo", {"session": sid})[1]
+    assert [o["label"] for o in s["objects"]] == ["penguin", "grass"]
+    s = call(server, "api/undo", {"session": sid})[1]
+    assert [o["label"] for o in s["objects"]] == ["bird", "grass"]
+    # undoing "finish" brings the object back as the one being annotated, with the same clicks and mask
+    s = call(server, "api/undo", {"session": sid})[1]
+    assert [o["label"] for o in s["objects"]] == ["bird"] and s["clicks"] == [list(c) for c in OBJECT_2]
+    assert np.array_equal(png_mask(base64.b64decode(s["mask_png"])), want[1][1])
+    assert call(server, "api/finish", {"session": sid, "label": "grass"})[0] == 200
+
+    # import the export into a fresh session of the same image: the same objects, the same file again
+    sid2 = call(server, "api/image?name=24077.jpg", (data_dir / IMAGE).read_bytes())[1]["session"]
+    status, s = call(server, f"api/import?session={sid2}", json.loads(exported))
+    assert status == 200 and [(o["label"], o["area"]) for o in s["objects"]] == [(n, int(m.sum())) for n, m in want]
+    again = json.loads(call(server, f"api/export/coco.json?session={sid2}", raw=True)[1])
+    assert again["annotations"] == json.loads(exported)["annotations"]
+
+    # overlap allowed: the second object keeps the shared pixel
+    status, s = call(server, "api/options", {"session": sid2, "allow_overlap": True})
+    assert status == 200 and s["allow_overlap"] is True
+    s = call(server, "api/click", {"session": sid2, "y": 50, "x": 100, "positive": True})[1]
+    assert s["area"] == int(m2.sum())
+
+
+def png_mask_ids(b64):
+    return cv2.imdecode(np.frombuffer(base64.b64decode(b64), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_object_endpoints_keep_the_origin_and_content_type_checks(demo, data_dir):
+    """The new endpoints answer only the page's own requests, and refuse bad ids, labels and bodies in one line."""
+    server, app, _ = demo
+    sid = call(server, "api/image", (data_dir / IMAGE).read_bytes())[1]["session"]
+    port = server.server_address[1]
+    for path in ("api/finish", "api/object/delete", "api/options", f"api/import?session={sid}"):
+        for headers, want in (({"Content-Type": "text/plain"}, 415), ({"Origin": "http://evil.example"}, 403),
+                              ({"Host": f"evil.example:{port}"}, 403)):
+            req = urllib.request.Request(server.url + path, data=json.dumps({"session": sid}).encode(), method="POST")
+            req.add_header("Content-Type", "application/json")
+            for k, v in headers.items():
+                req.add_header(k, v)
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req, timeout=30)
+            assert e.value.code == want, (path, headers)
+    cases = [
+        ("api/finish", {"session": sid}, 400, "nothing to finish"),
+        ("api/finish", {"session": sid, "label": ""}, 400, "label is empty"),
+        ("api/object/delete", {"session": sid, "id": 7}, 404, "no object 7"),
+        ("api/object/update", {"session": sid, "id": True, "label": "x"}, 404, "no object True"),
+        ("api/options", {"session": sid, "allow_overlap": "yes"}, 400, "must be true or false"),
+        (f"api/import?session={sid}", {"images": {}}, 400, "'images' must be a list"),
+        (f"api/import?session={sid}", [1, 2], 400, "must be a JSON object"),
+        ("api/project/open", {"index": 0}, 404, "no image folder"),
+        ("api/project/done", {"session": sid, "done": True}, 400, "only images of an annotated folder"),
+        ("api/export/coco.json?session=nope", None, 404, "unknown session"),
+        ("api/export/other.txt?session=" + sid, None, 404, "no such endpoint"),
+    ]
+    for path, body, want_status, needle in cases:
+        status, out = call(server, path, body)
+        assert status == want_status and needle in out["error"] and "\n" not in out["error"], (path, status, out)
+    assert call(server, f"api/state?session={sid}")[1]["objects"] == []

@@ -7,6 +7,11 @@
 // outer one, and layout scaling), so clicks and the mask land on the right pixels for any image size, zoom,
 // pan, page zoom or devicePixelRatio. Click markers are drawn on #clicks, a canvas covering the whole view
 // (untransformed) at device resolution, from the same (tx, ty, s), so they stay crisp and of fixed size.
+//
+// Objects: the server keeps the finished objects of the image (and, for `python -m fcfi_jax.annotate`, saves
+// them to the COCO file after every change); each state it returns lists them and carries an id map (pixel
+// value = 1 + position in the list) that is coloured here with the same palette as the exported instance PNG.
+// Selection is the page's own (state.selected: an object id); rename, delete and finish go to the server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -14,7 +19,13 @@ const els = {
   file: $("file"), mode: $("mode"), undo: $("undo"), reset: $("reset"), opacity: $("opacity"),
   download: $("download"), status: $("status"), latency: $("latency"), drop: $("drop"), stage: $("stage"),
   image: $("image"), mask: $("mask"), clicks: $("clicks"), zoomIn: $("zoom-in"), zoomOut: $("zoom-out"),
-  zoomLevel: $("zoom-level"), fit: $("fit"), zoom1: $("zoom-1"), pan: $("pan"),
+  zoomLevel: $("zoom-level"), fit: $("fit"), zoom1: $("zoom-1"), pan: $("pan"), open: $("open"),
+  objectsCanvas: $("objects-canvas"), label: $("label"), labelList: $("label-list"), finish: $("finish"),
+  autoNeg: $("auto-neg"), overlap: $("overlap"), objects: $("objects"), objectCount: $("object-count"),
+  rename: $("rename"), renameApply: $("rename-apply"), del: $("delete"), exportCoco: $("export-coco"),
+  exportPng: $("export-png"), exportZip: $("export-zip"), importFile: $("import"), importButton: $("import-button"),
+  project: $("project"), prev: $("prev"), next: $("next"), progress: $("progress"), imageName: $("image-name"),
+  done: $("done"),
 };
 const MASK_RGB = [30, 144, 255];   // mask fill colour (alpha comes from the opacity slider)
 const MARKER_CSS_PX = 6;           // click marker radius on screen, whatever the image scale
@@ -24,7 +35,13 @@ const MIN_ZOOM_OF_FIT = 0.25;      // … down to a quarter of the fitted size
 
 // Everything the page knows; exposed as window.fcfiDemo for debugging and the browser test.
 const state = { config: null, session: null, width: 0, height: 0, clicks: [], maskPng: null,
-                area: 0, negativeMode: false, busy: false, lastLatency: null,
+                area: 0, negativeMode: false, busy: false, lastLatency: null, name: "",
+                // finished objects [{id, label, area, bbox}], their id map (base64 PNG), the selected object's id,
+                // which clicks were automatic negatives, object undo steps, the session's switches
+                objects: [], objectsPng: null, selected: null, clickAuto: [], objectUndo: 0,
+                allowOverlap: false, autoNegatives: false, saveError: null,
+                // image folder (fcfi_jax.annotate): its listing, the image shown (index), done / total
+                project: null, projectIndex: null, projectState: null,
                 // view: display scale s and offset (tx, ty) of the image in the view (CSS px); fit: follow the
                 // window (refit on resize) until the user zooms or pans
                 view: { s: 1, tx: 0, ty: 0, fit: true }, panMode: false, spaceDown: false };
@@ -54,13 +71,30 @@ const postJson = (path, obj) => api(path, {
   method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(obj) });
 
 function updateControls() {
-  const has = state.session !== null;
-  els.undo.disabled = !has || state.busy || state.clicks.length === 0;
-  els.reset.disabled = !has || state.busy || state.clicks.length === 0;
+  const has = state.session !== null, idle = has && !state.busy;
+  els.undo.disabled = !idle || (state.clicks.length === 0 && state.objectUndo === 0);
+  els.reset.disabled = !idle || state.clicks.length === 0;
+  els.finish.disabled = !idle || state.clicks.length === 0;
+  els.del.disabled = els.renameApply.disabled = els.rename.disabled = !idle || state.selected === null;
   els.download.classList.toggle("disabled", !has);
   els.download.href = has ? `api/mask.png?session=${state.session}` : "#";
+  const stem = (state.name || "image").replace(/\.[^.]*$/, "");
+  for (const [a, what, name] of [[els.exportCoco, "coco.json", `${stem}.coco.json`],
+                                 [els.exportPng, "instances.png", `${stem}_instances.png`],
+                                 [els.exportZip, "objects.zip", `${stem}_objects.zip`]]) {
+    a.classList.toggle("disabled", !has);
+    a.href = has ? `api/export/${what}?session=${state.session}` : "#";
+    a.download = name;
+  }
+  els.importButton.classList.toggle("disabled", !idle);
   document.body.classList.toggle("busy", state.busy);
   for (const b of [els.zoomIn, els.zoomOut, els.fit, els.zoom1, els.pan]) b.disabled = !has;
+  if (state.project) {
+    const n = state.project.images.length, k = state.projectIndex;
+    els.prev.disabled = state.busy || k === null || k <= 0;
+    els.next.disabled = state.busy || k === null || k >= n - 1;
+    els.done.disabled = !idle;
+  }
 }
 
 // ---- image upload --------------------------------------------------------------------------------
@@ -76,9 +110,10 @@ async function openFile(file) {
   state.busy = true; updateControls();
   setStatus(`Uploading ${file.name} …`, "busy");
   try {
-    const info = await api("api/image", { method: "POST", body: file,
-                                          headers: { "Content-Type": "application/octet-stream" } });
+    const info = await api(`api/image?name=${encodeURIComponent(file.name)}`, {
+      method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
     await showImage(info);
+    await syncOptions();
     setStatus(`${file.name}: ${info.width}×${info.height}. Left click on the object, right click on the ` +
               "background (the first click compiles the model: ~30 s on a CPU).");
   } catch (e) {
@@ -97,9 +132,14 @@ function showImage(info) {
         reject(new Error(`the browser decoded ${w}×${h}, the server ${info.width}×${info.height}`));
         return;
       }
-      Object.assign(state, { session: info.session, width: w, height: h, clicks: [], maskPng: null, area: 0 });
-      els.mask.width = w; els.mask.height = h;
-      els.mask.getContext("2d").clearRect(0, 0, w, h);
+      Object.assign(state, { session: info.session, width: w, height: h, clicks: [], maskPng: null, area: 0,
+                             name: info.name || "", objects: [], objectsPng: null, selected: null, clickAuto: [],
+                             objectUndo: 0 });
+      for (const c of [els.mask, els.objectsCanvas]) {
+        c.width = w; c.height = h;
+        c.getContext("2d").clearRect(0, 0, w, h);
+      }
+      renderObjects();
       els.stage.style.width = `${w}px`; els.stage.style.height = `${h}px`;
       els.stage.hidden = false;
       els.drop.classList.remove("empty");
@@ -128,6 +168,8 @@ async function onPointerDown(event) {
   }
   if (event.button !== 0 && event.button !== 2) return;
   event.preventDefault();
+  // a click on the image ends typing in a field (the label), so that Enter / N and the other keys act again
+  if (document.activeElement instanceof HTMLInputElement) document.activeElement.blur();
   if (!state.session) return setStatus("Open an image first, then click on it.", "error");
   if (state.busy) return setStatus("Busy: wait for the current prediction to finish.", "busy");
   const p = toImagePixel(event.clientX, event.clientY);
@@ -147,7 +189,10 @@ async function send(path, body, busyText) {
     const roundTrip = performance.now() - t0;
     await applyState(s);
     const n = s.clicks.length, pos = s.clicks.filter((c) => c[2]).length;
-    setStatus(`${n} click${n === 1 ? "" : "s"} (${pos} positive, ${n - pos} negative); mask ${s.area} px.`);
+    const auto = s.click_auto.filter((a) => a).length;
+    setStatus(s.save_error || (`${n} click${n === 1 ? "" : "s"} (${pos} positive, ${n - pos} negative` +
+              `${auto ? `, ${auto} automatic` : ""}); mask ${s.area} px; ${s.objects.length} finished ` +
+              `object${s.objects.length === 1 ? "" : "s"}.`), s.save_error ? "error" : "");
     if (s.latency_ms) {
       state.lastLatency = { ...s.latency_ms, round_trip: roundTrip };
       els.latency.textContent = `Click ${n}: model ${s.latency_ms.model.toFixed(0)} ms, ` +
@@ -162,9 +207,17 @@ async function send(path, body, busyText) {
   }
 }
 
-function applyState(s) {
-  state.clicks = s.clicks; state.area = s.area; state.maskPng = s.mask_png;
+async function applyState(s) {
+  Object.assign(state, { clicks: s.clicks, area: s.area, maskPng: s.mask_png, clickAuto: s.click_auto,
+                         objects: s.objects, objectsPng: s.objects_png, objectUndo: s.object_undo_steps,
+                         allowOverlap: s.allow_overlap, autoNegatives: s.auto_negatives, saveError: s.save_error,
+                         name: s.name });
+  if (!s.objects.some((o) => o.id === state.selected)) state.selected = null;
+  els.overlap.checked = s.allow_overlap; els.autoNeg.checked = s.auto_negatives;
+  if (s.project) { state.projectState = s.project; showProgress(); }
+  renderObjects();
   drawClicks();
+  await drawObjects();
   return drawMask(s.mask_png);
 }
 
@@ -203,15 +256,192 @@ function drawClicks() {
   ctx.clearRect(0, 0, pw, ph);
   ctx.setTransform(pw / Math.max(cw, 1), 0, 0, ph / Math.max(ch, 1), 0, 0);
   const { s, tx, ty } = state.view;
-  for (const [y, x, positive] of state.clicks) {
+  state.clicks.forEach(([y, x, positive], i) => {
+    const auto = state.clickAuto[i];   // automatic negative: a hollow red ring
     ctx.beginPath();
     ctx.arc(tx + (x + 0.5) * s, ty + (y + 0.5) * s, MARKER_CSS_PX, 0, 2 * Math.PI);
-    ctx.fillStyle = positive ? "#16a34a" : "#dc2626";
+    ctx.fillStyle = auto ? "#fff" : positive ? "#16a34a" : "#dc2626";
     ctx.fill();
-    ctx.lineWidth = 1.5;
-    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = auto ? 3 : 1.5;
+    ctx.strokeStyle = auto ? "#dc2626" : "#fff";
     ctx.stroke();
+  });
+}
+
+// ---- objects ---------------------------------------------------------------------------------------
+
+const paletteCss = (k) => {
+  const p = state.config && state.config.palette ? state.config.palette[k % 256] : [128, 128, 128];
+  return `rgb(${p[0]}, ${p[1]}, ${p[2]})`;
+};
+
+// The id map (value = 1 + position) coloured with the palette; the selected object opaque, the others lighter.
+function drawObjects() {
+  const ctx = els.objectsCanvas.getContext("2d");
+  ctx.clearRect(0, 0, state.width, state.height);
+  if (!state.objectsPng) return Promise.resolve();
+  const sel = state.objects.findIndex((o) => o.id === state.selected) + 1;
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => {
+      ctx.drawImage(img, 0, 0);
+      const data = ctx.getImageData(0, 0, state.width, state.height), px = data.data;
+      const palette = state.config.palette;
+      for (let i = 0; i < px.length; i += 4) {
+        const v = px[i];
+        if (v === 0) { px[i + 3] = 0; continue; }
+        const c = palette[v];
+        px[i] = c[0]; px[i + 1] = c[1]; px[i + 2] = c[2];
+        px[i + 3] = sel === 0 ? 220 : v === sel ? 255 : 110;
+      }
+      ctx.putImageData(data, 0, 0);
+      resolve();
+    };
+    img.onerror = () => reject(new Error("the object map returned by the server could not be decoded"));
+    img.src = `data:image/png;base64,${state.objectsPng}`;
+  });
+}
+
+function renderObjects() {
+  els.objects.replaceChildren(...state.objects.map((o, k) => {
+    const li = document.createElement("li");
+    li.dataset.id = o.id;
+    li.classList.toggle("selected", o.id === state.selected);
+    li.title = `object ${k + 1}: ${o.label}, ${o.area} px (click to select)`;
+    const sw = document.createElement("span");
+    sw.className = "swatch"; sw.style.background = paletteCss(k + 1);
+    const lbl = document.createElement("span");
+    lbl.className = "lbl"; lbl.textContent = `${k + 1}. ${o.label}`;
+    const area = document.createElement("span");
+    area.className = "area"; area.textContent = `${o.area}`;
+    li.append(sw, lbl, area);
+    li.addEventListener("click", () => selectObject(o.id === state.selected ? null : o.id));
+    return li;
+  }));
+  els.objectCount.textContent = state.objects.length ? `(${state.objects.length})` : "";
+  const sel = state.objects.find((o) => o.id === state.selected);
+  if (document.activeElement !== els.rename) els.rename.value = sel ? sel.label : "";
+  els.rename.placeholder = sel ? "new label" : "select an object";
+  updateControls();
+}
+
+function selectObject(id) {
+  state.selected = id;
+  renderObjects();
+  drawObjects();
+  const o = state.objects.find((x) => x.id === id);
+  if (o) setStatus(`Selected object ${state.objects.indexOf(o) + 1}: ${o.label}, ${o.area} px ` +
+                   "(F2: rename, Delete: delete, Esc: deselect).");
+}
+
+function selectStep(step) {
+  if (!state.objects.length) return;
+  const k = state.objects.findIndex((o) => o.id === state.selected);
+  const n = state.objects.length, next = k < 0 ? (step > 0 ? 0 : n - 1) : Math.min(n - 1, Math.max(0, k + step));
+  selectObject(state.objects[next].id);
+}
+
+function finishObject() {
+  if (!state.session || state.busy || state.clicks.length === 0) return;
+  const label = els.label.value.trim() || (state.config && state.config.default_label) || "object";
+  send("api/finish", { session: state.session, label }, `Finishing the object (${label}) …`);
+}
+
+function renameObject() {
+  if (state.selected === null || state.busy) return;
+  send("api/object/update", { session: state.session, id: state.selected, label: els.rename.value },
+       "Renaming …");
+}
+
+function deleteObject() {
+  if (state.selected === null || state.busy) return;
+  send("api/object/delete", { session: state.session, id: state.selected }, "Deleting the object …");
+}
+
+function setOption(name, value) {
+  if (!state.session) return;
+  send("api/options", { session: state.session, [name]: value }, "…");
+}
+
+// A new session starts with the server's defaults: apply the checkboxes the user has set.
+async function syncOptions() {
+  if (els.overlap.checked === state.allowOverlap && els.autoNeg.checked === state.autoNegatives) return;
+  await applyState(await postJson("api/options", { session: state.session, allow_overlap: els.overlap.checked,
+                                                   auto_negatives: els.autoNeg.checked }));
+}
+
+async function importCoco(file) {
+  if (!file || !state.session || state.busy) return;
+  const limit = state.config ? state.config.max_upload_bytes : Infinity;
+  if (file.size > limit) return setStatus(`${file.name} is larger than the upload limit.`, "error");
+  state.busy = true; updateControls();
+  setStatus(`Importing ${file.name} …`, "busy");
+  try {
+    const s = await api(`api/import?session=${state.session}`, {
+      method: "POST", body: file, headers: { "Content-Type": "application/json" } });
+    await applyState(s);
+    setStatus(s.save_error || `Imported ${s.objects.length} object${s.objects.length === 1 ? "" : "s"} from ` +
+              `${file.name} (Ctrl+Z restores the previous ones).`, s.save_error ? "error" : "");
+  } catch (e) {
+    setStatus(`Cannot import ${file.name}: ${e.message}`, "error");
+  } finally {
+    state.busy = false; updateControls();
   }
+}
+
+// ---- image folder (python -m fcfi_jax.annotate) ------------------------------------------------------
+
+function showProgress() {
+  const p = state.projectState;
+  if (p) els.progress.textContent = `${p.done}/${p.total} done`;
+  if (p && p.image_done !== undefined) els.done.checked = p.image_done;
+}
+
+async function openProjectImage(index) {
+  if (state.busy) return;
+  state.busy = true; state.projectIndex = index; updateControls();
+  const name = state.project.images[index].name;
+  els.imageName.textContent = `${index + 1}/${state.project.images.length}: ${name}`;
+  setStatus(`Opening ${name} …`, "busy");
+  try {
+    const info = await postJson("api/project/open", { index });
+    await showImage(info);
+    await applyState(await api(`api/state?session=${info.session}`));
+    await syncOptions();
+    setStatus(`${name}: ${info.width}×${info.height}, ${state.objects.length} object` +
+              `${state.objects.length === 1 ? "" : "s"} so far. Click on an object; Enter finishes it.`);
+  } catch (e) {
+    state.session = null; state.objects = []; state.clicks = [];
+    els.stage.hidden = true; els.drop.classList.add("empty");
+    setStatus(e.message, "error");
+  } finally {
+    state.busy = false; updateControls();
+  }
+}
+
+async function refreshProject() {
+  state.project = await api("api/project");
+  state.projectState = { done: state.project.done, total: state.project.total };
+  els.progress.textContent = `${state.project.done}/${state.project.total} done`;
+}
+
+async function markDone(done, advance) {
+  if (!state.session || state.busy) return;
+  await send("api/project/done", { session: state.session, done }, done ? "Marking done …" : "…");
+  await refreshProject();
+  if (!(done && advance)) return;
+  const imgs = state.project.images, k = state.projectIndex;
+  const order = [...imgs.keys()].slice(k + 1).concat([...imgs.keys()].slice(0, k));
+  const next = order.find((i) => !imgs[i].done);
+  if (next === undefined) return setStatus(`All ${imgs.length} images are done; the COCO file is saved.`);
+  openProjectImage(next);
+}
+
+async function startProject() {
+  els.project.hidden = false;
+  els.open.hidden = true;
+  await refreshProject();
+  openProjectImage(state.project.start);
 }
 
 // ---- view: fit, zoom, pan ------------------------------------------------------------------------------
@@ -334,14 +564,33 @@ els.undo.addEventListener("click", () => send("api/undo", { session: state.sessi
 els.reset.addEventListener("click", () => send("api/reset", { session: state.session }, "Reset …"));
 els.opacity.addEventListener("input", () => { els.mask.style.opacity = els.opacity.value; });
 els.file.addEventListener("change", () => { openFile(els.file.files[0]); els.file.value = ""; });
+els.finish.addEventListener("click", finishObject);
+els.del.addEventListener("click", deleteObject);
+els.renameApply.addEventListener("click", renameObject);
+els.rename.addEventListener("keydown", (e) => {
+  if (e.key === "Enter") { e.preventDefault(); renameObject(); els.rename.blur(); }
+  if (e.key === "Escape") { els.rename.blur(); renderObjects(); }
+});
+els.label.addEventListener("keydown", (e) => {   // Enter in the label field finishes the object with that label
+  if (e.key === "Enter") { e.preventDefault(); els.label.blur(); finishObject(); }
+});
+els.autoNeg.addEventListener("change", () => setOption("auto_negatives", els.autoNeg.checked));
+els.overlap.addEventListener("change", () => setOption("allow_overlap", els.overlap.checked));
+els.importFile.addEventListener("change", () => { importCoco(els.importFile.files[0]); els.importFile.value = ""; });
+els.prev.addEventListener("click", () => openProjectImage(state.projectIndex - 1));
+els.next.addEventListener("click", () => openProjectImage(state.projectIndex + 1));
+els.done.addEventListener("change", () => markDone(els.done.checked, els.done.checked));
 for (const type of ["dragenter", "dragover"]) {
   document.addEventListener(type, (e) => { e.preventDefault(); els.drop.classList.add("dragover"); });
 }
 for (const type of ["dragleave", "drop"]) {
   document.addEventListener(type, (e) => { e.preventDefault(); els.drop.classList.remove("dragover"); });
 }
-document.addEventListener("drop", (e) => openFile(e.dataTransfer.files[0]));
-const typing = (e) => e.target instanceof HTMLInputElement && e.target.type !== "range" && e.target.type !== "file";
+document.addEventListener("drop", (e) => {
+  if (state.project) return setStatus("This page annotates a folder: use Prev / Next to choose an image.", "error");
+  openFile(e.dataTransfer.files[0]);
+});
+const typing = (e) => e.target instanceof HTMLInputElement && !["range", "file", "checkbox"].includes(e.target.type);
 document.addEventListener("keydown", (e) => {
   if ((e.ctrlKey || e.metaKey) && e.key === "z" && !els.undo.disabled) { e.preventDefault(); els.undo.click(); }
   if (!state.session || e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
@@ -352,6 +601,16 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "-" || e.key === "_") { e.preventDefault(); zoomTo(state.view.s / ZOOM_STEP); }
   else if (e.key === "0") { e.preventDefault(); fitView(); }
   else if (e.key === "1") { e.preventDefault(); zoomTo(1); }
+  else if (e.key === "Enter" || e.key === "n" || e.key === "N") { e.preventDefault(); finishObject(); }
+  else if (e.key === "Delete" || e.key === "Backspace") { e.preventDefault(); deleteObject(); }
+  else if (e.key === "Escape") { selectObject(null); }
+  else if (e.key === "ArrowUp" || e.key === "ArrowDown") { e.preventDefault(); selectStep(e.key === "ArrowUp" ? -1 : 1); }
+  else if (e.key === "F2" && state.selected !== null) { e.preventDefault(); els.rename.focus(); els.rename.select(); }
+  else if (e.key === "a" || e.key === "A") { els.autoNeg.click(); }
+  else if (e.key === "o" || e.key === "O") { els.overlap.click(); }
+  else if (state.project && e.key === "ArrowLeft" && !els.prev.disabled) { e.preventDefault(); els.prev.click(); }
+  else if (state.project && e.key === "ArrowRight" && !els.next.disabled) { e.preventDefault(); els.next.click(); }
+  else if (state.project && (e.key === "d" || e.key === "D") && !els.done.disabled) { markDone(true, true); }
 });
 document.addEventListener("keyup", (e) => {
   if (e.key === " " && state.spaceDown) { e.preventDefault(); state.spaceDown = false; updatePanCursor(); }
@@ -363,6 +622,14 @@ new ResizeObserver(() => {
   if (state.view.fit) fitView(); else applyView();
 }).observe(els.drop);
 els.mask.style.opacity = els.opacity.value;
+els.opacity.addEventListener("input", () => { els.objectsCanvas.style.opacity = els.opacity.value; });
+els.objectsCanvas.style.opacity = els.opacity.value;
 
-api("api/config").then((c) => { state.config = c; }).catch((e) => setStatus(e.message, "error"));
+api("api/config").then((c) => {
+  els.label.value = c.default_label;
+  els.autoNeg.checked = c.auto_negatives; els.overlap.checked = c.allow_overlap;
+  els.labelList.replaceChildren(...(c.labels || []).map((l) => Object.assign(document.createElement("option"), { value: l })));
+  state.config = c;
+  if (c.project) return startProject();
+}).catch((e) => setStatus(e.message, "error"));
 updateControls();
