@@ -2,14 +2,19 @@
 exactly those pixels at several display scales and devicePixelRatios, and the downloaded mask and the
 drawn overlay equal the Predictor's mask for the same clicks. The image fits the window at load and on resize;
 after zooming (wheel at the pointer, +/- buttons and keys) and panning (middle drag, Space + drag, Pan mode)
-clicks still land on the right pixels and their markers are drawn there. Errors show in the page.
+clicks still land on the right pixels and their markers are drawn there. Errors show in the page. The folder tool
+(`python -m fcfi_jax.annotate`) is driven through its page across a server restart.
 
 Skipped only when no chromium binary is installed (`apt-get install chromium`; never `playwright install`).
-Screenshots go to the test's tmp dir; set FCFI_DEMO_SCREENSHOT=path.png to keep the last one (docs/demo.png).
+Screenshots go to the test's tmp dir (docs/demo.png is made by tools/screenshot_demo.py).
 """
 import base64
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 
 import cv2
 import numpy as np
@@ -193,6 +198,7 @@ def test_page_shows_errors(browser, demo, data_dir):
     try:
         page.goto(server.url)
         page.wait_for_function("window.fcfiDemo && window.fcfiDemo.config")
+        assert page.is_hidden("#project") and page.is_visible("#open")   # no folder: no Prev / Next
         page.mouse.click(400, 400)   # the empty drop area, before any image
         assert "Open an image first" in page.text_content("#status")
         page.set_input_files("#file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"hello"}])
@@ -210,7 +216,7 @@ def test_page_shows_errors(browser, demo, data_dir):
 
 
 def test_screenshot_after_clicks(browser, demo, data_dir, tmp_path):
-    """The picture in README (docs/demo.png): three positive clicks on the GrabCut penguin."""
+    """The scene of docs/demo.png (made by tools/screenshot_demo.py): three positive clicks on the GrabCut penguin."""
     server, _ = demo
     image, clicks = "GrabCut/data_GT/106024.jpg", [(210, 230, True), (162, 231, True), (246, 237, True)]
     context = browser.new_context(viewport={"width": 760, "height": 500}, device_scale_factor=1)
@@ -226,12 +232,6 @@ def test_screenshot_after_clicks(browser, demo, data_dir, tmp_path):
         assert page.evaluate("window.fcfiDemo.area") > 5000
         page.screenshot(path=str(tmp_path / "demo.png"))
         assert cv2.imread(str(tmp_path / "demo.png")) is not None
-        if os.environ.get("FCFI_DEMO_SCREENSHOT"):   # README picture: 256-colour palette PNG (~60 KB)
-            from PIL import Image
-
-            with Image.open(tmp_path / "demo.png") as im:
-                im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(
-                    os.environ["FCFI_DEMO_SCREENSHOT"], optimize=True)
     finally:
         context.close()
 
@@ -410,3 +410,122 @@ def test_two_objects_exported_as_coco(browser, demo, data_dir, tmp_path):
         assert "Enter" in page.text_content("#rules") and "No overlap" in page.text_content("#rules")
     finally:
         context.close()
+
+
+# The folder test's images, copied under new names (Previous / Next go by name): GrabCut pictures of one size (one
+# compiled canvas), the first two with a click on their object.
+FOLDER = {"a.jpg": ("106024.jpg", (210, 230)), "b.jpg": ("24077.jpg", (202, 292)), "c.jpg": ("124080.jpg", None)}
+
+
+def _start_annotate(checkpoint, images, output, cache):
+    """`python -m fcfi_jax.annotate` on a free port: (process, URL, its first line, its output so far)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fcfi_jax.annotate", "--checkpoint", str(checkpoint), "--images",
+                             str(images), "--output", str(output), "--port", "0", "--no-zoom-in", "--no-flip",
+                             "--cache-dir", str(cache)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:   # "3 images in DIR, 0 done; ...", then "FCFI annotation on http://... "
+        lines.append(line)
+        url = next((w for w in line.split() if w.startswith("http://")), None)
+        if url:
+            threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()   # a full pipe stalls it
+            return proc, url, lines[0], lines
+    proc.wait(timeout=30)
+    pytest.fail(f"fcfi_jax.annotate did not start (exit code {proc.returncode}): {''.join(lines)[-2000:]}")
+
+
+def _stop(proc, lines):
+    proc.send_signal(signal.SIGINT)   # Ctrl+C
+    assert proc.wait(timeout=30) == 0, "".join(lines)[-2000:]
+
+
+def _project_idle(page, index):
+    page.wait_for_function(f"(s => s.project && s.projectIndex === {index} && s.session && !s.busy && "
+                           f"s.name === {list(FOLDER)[index]!r})(window.fcfiDemo)", timeout=60_000)
+
+
+def _shown_image(page):
+    """The displayed <img>'s pixels (RGB), read back through a canvas (the page shows the server's PNG)."""
+    url = page.evaluate("""() => { const i = document.getElementById('image'), c = document.createElement('canvas');
+        c.width = i.naturalWidth; c.height = i.naturalHeight; c.getContext('2d').drawImage(i, 0, 0);
+        return c.toDataURL('image/png'); }""")
+    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    return cv2.cvtColor(cv2.imdecode(png, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_annotate_folder_saves_and_continues_after_a_restart(browser, fixtures_dir, data_dir, tmp_path):
+    """`python -m fcfi_jax.annotate` driven through its page: one object on the first image (click, Enter), Image
+    done, Next (the progress and the image change), one object on the second; the server is stopped with Ctrl+C and
+    started again on the same --output: the page continues at the first image not done, with its object, and the
+    COCO file (pycocotools) holds both objects on the right images."""
+    from pycocotools.coco import COCO
+
+    images, out = tmp_path / "images", tmp_path / "coco.json"
+    images.mkdir()
+    for name, (src, _) in FOLDER.items():
+        shutil.copy(data_dir / "GrabCut/data_GT" / src, images / name)
+    names = list(FOLDER)
+    args = (fixtures_dir / "hrnet18s_clicky.pth", images, out, tmp_path / "xla")
+    context = browser.new_context(viewport={"width": 1000, "height": 700})
+    page = context.new_page()
+    proc, url, first, lines = _start_annotate(*args)
+    areas = {}
+    try:
+        assert "3 images in" in first and "0 done" in first, first
+        page.goto(url)
+        _project_idle(page, 0)
+        assert page.text_content("#progress") == "0/3 done" and page.is_hidden("#open")
+        assert page.text_content("#image-name") == "1/3: a.jpg" and page.is_disabled("#prev")
+        for k, label in ((0, "penguin"), (1, "bird")):
+            assert np.array_equal(_shown_image(page), read_image(images / names[k]))
+            page.fill("#label", label)
+            _click_pixel(page, *FOLDER[names[k]][1])
+            _idle(page, 1)   # the first click compiles the model
+            areas[names[k]] = page.evaluate("window.fcfiDemo.area")
+            assert areas[names[k]] > 100, areas
+            page.keyboard.press("Enter")
+            page.wait_for_function("(s => s.objects.length === 1 && s.clicks.length === 0 && !s.busy)(window.fcfiDemo)")
+            assert page.get_attribute("#status", "class") == "", page.text_content("#status")   # no save error
+            assert len(COCO(str(out)).getAnnIds()) == k + 1   # saved at once
+            if k == 0:
+                page.click("#done")
+                page.wait_for_function("document.getElementById('progress').textContent === '1/3 done' && "
+                                       "!window.fcfiDemo.busy")
+                assert page.evaluate("window.fcfiDemo.projectIndex") == 0 and page.is_checked("#done")
+                page.click("#next")
+                _project_idle(page, 1)
+                assert page.text_content("#progress") == "1/3 done" and not page.is_checked("#done")
+                assert page.text_content("#image-name") == "2/3: b.jpg" and page.locator("#objects li").count() == 0
+        _stop(proc, lines)
+
+        proc, url, first, lines = _start_annotate(*args)   # the same command again continues the file
+        assert "3 images in" in first and "1 done" in first, first
+        page.goto(url)
+        _project_idle(page, 1)   # the first image not done
+        assert page.text_content("#progress") == "1/3 done" and page.text_content("#image-name") == "2/3: b.jpg"
+        assert not page.is_checked("#done") and not page.is_disabled("#prev")
+        assert np.array_equal(_shown_image(page), read_image(images / "b.jpg"))
+        assert page.evaluate("window.fcfiDemo.objects.map(o => [o.label, o.area])") == [["bird", areas["b.jpg"]]]
+        assert page.locator("#objects li").count() == 1 and "1. bird" in page.text_content("#objects")
+        assert not _canvas_mask(page).any() and np.count_nonzero(
+            np.array(page.evaluate("""() => { const c = document.getElementById('objects-canvas');
+                return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data); }"""))[3::4]
+        ) == areas["b.jpg"]   # the loaded object is drawn
+        _stop(proc, lines)
+    finally:
+        context.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    coco = COCO(str(out))
+    files = {im["id"]: im["file_name"] for im in coco.loadImgs(coco.getImgIds())}
+    done = {im["file_name"]: im.get("fcfi_done", False) for im in coco.loadImgs(coco.getImgIds())}
+    assert sorted(files.values()) == ["a.jpg", "b.jpg"] and done == {"a.jpg": True, "b.jpg": False}
+    anns = coco.loadAnns(coco.getAnnIds())
+    got = {files[a["image_id"]]: (coco.loadCats(a["category_id"])[0]["name"], a["area"]) for a in anns}
+    assert got == {"a.jpg": ("penguin", areas["a.jpg"]), "b.jpg": ("bird", areas["b.jpg"])}
+    for a in anns:
+        m = coco.annToMask(a).astype(bool)
+        y, x = FOLDER[files[a["image_id"]]][1]
+        assert m.shape == (321, 481) and m.sum() == a["area"] and m[y, x]

@@ -579,7 +579,7 @@ els.overlap.addEventListener("change", () => setOption("allow_overlap", els.over
 els.importFile.addEventListener("change", () => { importCoco(els.importFile.files[0]); els.importFile.value = ""; });
 els.prev.addEventListener("click", () => openProjectImage(state.projectIndex - 1));
 els.next.addEventListener("click", () => openProjectImage(state.projectIndex + 1));
-els.done.addEventListener("change", () => markDone(els.done.checked, els.done.checked));
+els.done.addEventListener("change", () => markDone(els.done.checked, false));   // D marks and goes on
 for (const type of ["dragenter", "dragover"]) {
   document.addEventListener(type, (e) => { e.preventDefault(); els.drop.classList.add("dragover"); });
 }
