@@ -2,7 +2,8 @@
 
 Multi-host (TPU pod slice, several GPU machines): run the same command on every host. On Cloud TPU
 `jax.distributed.initialize()` finds its peers by itself (--distributed); elsewhere pass
---coordinator_address=HOST:PORT --num_processes=N --process_id=I.
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (fcfi_jax/distributed.py, shared with
+`python -m fcfi_jax.evaluate --batch N`).
 """
 import importlib
 import os
@@ -10,6 +11,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from fcfi_jax import distributed
 
 # TensorFlow (the input pipeline, imported in main()) logs C++ INFO and WARNING lines; it reads this once, at
 # import. Set TF_CPP_MIN_LOG_LEVEL=0 to see them.
@@ -20,10 +23,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:local]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs and the final model go here "
                     "(default: runs/<config name>).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host; automatic on Cloud TPU).")
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host without auto-detection).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_bool("distributed", False, distributed.HELP["distributed"])
+flags.DEFINE_string("coordinator_address", None, distributed.HELP["coordinator_address"])
+flags.DEFINE_integer("num_processes", None, distributed.HELP["num_processes"])
+flags.DEFINE_integer("process_id", None, distributed.HELP["process_id"])
 flags.mark_flags_as_required(["config"])
 
 
@@ -54,10 +57,7 @@ def main(argv):
     if not FLAGS["verbosity"].present:  # progress goes to stdout; library INFO logs only with --verbosity=0
         logging.set_verbosity(logging.WARNING)
     import jax
-    if FLAGS.distributed or FLAGS.coordinator_address:
-        if jax.config.jax_platforms in (None, "", "cpu") and FLAGS.coordinator_address:
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     try:
         _import_train_extra()
         from fcfi_jax.training.train import NonFiniteLossError, SetupError, train_and_evaluate

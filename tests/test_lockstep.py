@@ -1,6 +1,8 @@
-"""Lockstep NoC evaluation (`--batch N`): the same clicks and IoUs whatever the batch and the device count."""
+"""Lockstep NoC evaluation (`--batch N`): the same clicks and IoUs whatever the batch, the device count and the
+number of processes (2 processes of 4 simulated CPU devices, through the CLI)."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -33,6 +35,22 @@ class SmallDataset:
         return SimpleNamespace(image=image, gt=gt, name=f"s{i}")
 
 
+class MirroredDataset(SmallDataset):
+    """9 samples: SmallDataset's 5, then 4, 3, 2 (corrupt), 1 again: 7 readable ones, so a batch of 8 holds
+    different samples on both halves of the devices and one padding row."""
+
+    def __len__(self):
+        return 9
+
+    def __getitem__(self, i):
+        return super().__getitem__(i if i < 5 else 9 - i)
+
+
+def summary(r):
+    return [{k: s[k] for k in ("index", "clicks", "iou")} |
+            {"rois": [c["zoom_roi_rmin_rmax_cmin_cmax"] for c in s["per_click"]]} for s in r["per_image"]]
+
+
 def run(batch):
     from fcfi_jax.evaluation.lockstep import LockstepEvaluator
     from fcfi_jax.models.is_model import build_model
@@ -41,9 +59,7 @@ def run(batch):
     ev = LockstepEvaluator(build_model(TINY, seed=0), zoom_in=(64, 3.0), batch=batch)
     r = ev.evaluate(SmallDataset(), N_CLICKS, progress=False)
     return {"batch": ev.batch, "devices": ev.mesh.devices.size, "compilations": ev.compile_count,
-            "samples": [{k: s[k] for k in ("index", "clicks", "iou")} |
-                        {"rois": [c["zoom_roi_rmin_rmax_cmin_cmax"] for c in s["per_click"]]}
-                        for s in r["per_image"]]}
+            "samples": summary(r)}
 
 
 def assert_same(a, b):
@@ -51,6 +67,16 @@ def assert_same(a, b):
     for x, y in zip(a["samples"], b["samples"]):
         assert x["clicks"] == y["clicks"] and x["rois"] == y["rois"]
         np.testing.assert_allclose(x["iou"], y["iou"], rtol=0, atol=1e-6)
+
+
+def assert_same_as_mirrored(ref, samples, n_clicks):
+    """`samples` (of MirroredDataset, n_clicks clicks) against the SmallDataset `ref` (its first clicks)."""
+    by_index = {s["index"]: s for s in ref["samples"]}
+    assert [s["index"] for s in samples] == [0, 1, 3, 4, 5, 6, 8]
+    for s in samples:
+        x = by_index[s["index"] if s["index"] < 5 else 9 - s["index"]]
+        assert s["clicks"] == x["clicks"][:n_clicks] and s["rois"] == x["rois"][:n_clicks]
+        np.testing.assert_allclose(s["iou"], x["iou"][:n_clicks], rtol=0, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +102,49 @@ def test_eight_devices_equal_one_device(batch1):
     assert_same(batch1, r8)
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_equal_one_device(batch1, tmp_path):
+    """`python -m fcfi_jax.evaluate --batch 8` as 2 processes (CPU collectives over localhost) of 4 simulated
+    devices each: process 1 reads and runs rows 4-7 of the batch (3 samples and the padding row), both processes
+    get all the records, process 0 writes results.json and process 1 nothing; the clicks, ROIs and IoUs are those
+    of the 1-device batch-1 run."""
+    from fcfi_jax.convert.checkpoint import save_converted
+    from fcfi_jax.models.is_model import build_model
+
+    n_clicks = 2
+    ckpt = save_converted(build_model(TINY, seed=0), tmp_path / "tiny")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONUNBUFFERED="1")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, __file__, "--cli-worker", "--checkpoint", str(ckpt), "--datasets",
+                               "Small", "--output", str(tmp_path / f"out{i}"), "--n-clicks", str(n_clicks),
+                               "--zoom-in", "64,3.0", "--batch", "8", "--cache-dir", str(tmp_path / f"xla{i}"),
+                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), "\n----\n".join(o[-4000:] for o in outs)
+    got = [json.loads([x for x in o.splitlines() if x.startswith("RESULTS ")][-1][8:]) for o in outs]
+    assert got[0] == got[1]   # every process has every record
+    r = json.loads((tmp_path / "out0" / "results.json").read_text())[0]
+    assert r["n_samples"] == 7 and r["protocol"]["batch"] == 8 and r["protocol"]["devices"] == 8
+    assert "of 2 processes" in r["timing"]["note"] and r["protocol"]["compilations"] == 1
+    assert summary(r) == got[0]
+    assert not (tmp_path / "out1").exists() and "wrote" not in outs[1]
+    assert_same_as_mirrored(batch1, got[0], n_clicks)
+
+
 def test_cli_batch_flag(data_dir, tmp_path):
     from fcfi_jax.convert.checkpoint import save_converted
     from fcfi_jax.evaluation.evaluate import main
@@ -93,7 +162,25 @@ def test_cli_batch_flag(data_dir, tmp_path):
         assert s["per_click"][0]["net_input_shape"] == [2] + s["image_hw"] + [4]
     with pytest.raises(SystemExit):
         main(["--checkpoint", "x", "--output", str(out), "--batch", "0"])
+    with pytest.raises(SystemExit):   # several processes: lockstep only
+        main(["--checkpoint", "x", "--output", str(out), "--coordinator_address", "127.0.0.1:1"])
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
     print(json.dumps(run(int(sys.argv[2]))))
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--cli-worker"]:
+    # the evaluate CLI on MirroredDataset; every process prints the results it has (the CLI keeps them)
+    import fcfi_jax.data.readers
+    import fcfi_jax.evaluation.evaluate as cli
+
+    fcfi_jax.data.readers.get_dataset = lambda name, root, **kw: MirroredDataset()
+    lockstep = cli._evaluate_lockstep
+
+    def evaluate_and_print(*a):
+        results = lockstep(*a)
+        print("RESULTS " + json.dumps(summary(results[0])), flush=True)
+        return results
+
+    cli._evaluate_lockstep = evaluate_and_print
+    sys.exit(cli.main(sys.argv[2:]))

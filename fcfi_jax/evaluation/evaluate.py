@@ -8,6 +8,10 @@ clicker, zoom-in with per-dataset settings, flip TTA, NoC@80/85/90, NoF, mIoU pe
 or pass `--dataset-dir NAME=PATH` per dataset. Writes `results.json` (metrics and, per sample, the
 clicks and the IoU after every click), `summary.csv` and `miou.png`; `samples.jsonl` gets each sample as soon as
 it is done (one sample at a time, without --batch), so an interrupted run keeps what it computed.
+
+`--batch N` over several processes (multi-host): the same command on every host plus --coordinator_address,
+--num_processes and --process_id (or --distributed on Cloud TPU), as for training (fcfi_jax/distributed.py); the
+batch is sharded over the devices of all processes and process 0 writes the reports.
 """
 from __future__ import annotations
 
@@ -176,10 +180,16 @@ def main(argv=None):
                         "batch sharded over all devices (fcfi_jax/evaluation/lockstep.py); default: one sample at "
                         "a time with the host predictor")
     p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
+    from fcfi_jax import distributed
     from fcfi_jax.predict import add_dtype_arg, check_output_dir, parse_zoom_in
 
     add_dtype_arg(p)
+    distributed.add_distributed_args(p.add_argument_group(
+        "several processes (multi-host, with --batch only; process 0 writes the reports)"))
     args = p.parse_args(argv)
+    multi = distributed.wants_distributed(args.distributed, args.coordinator_address)
+    if multi and args.batch is None:
+        p.error("several processes (--distributed, --coordinator_address) evaluate with --batch N only")
 
     overrides = {}
     for item in args.dataset_dir:
@@ -191,7 +201,8 @@ def main(argv=None):
     try:
         if args.zoom_in and not args.no_zoom_in:
             zoom = parse_zoom_in(args)
-        check_output_dir(args.output, "--output")
+        if not multi or args.process_id in (None, 0):   # a process told it is not process 0 writes nothing
+            check_output_dir(args.output, "--output")
     except ValueError as e:
         p.error(str(e))
     if args.batch is not None and args.batch < 1:
@@ -216,6 +227,8 @@ def main(argv=None):
             print(f"evaluate: error: {e}", file=sys.stderr)
             return 2
 
+    # before anything starts a JAX backend
+    distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
     import fcfi_jax
     from fcfi_jax.inference.runner import CanvasRunner, enable_compilation_cache
 
@@ -229,9 +242,12 @@ def main(argv=None):
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2
     if args.batch is not None:
+        import jax
+
         results = _evaluate_lockstep(model, datasets, zoom, args)
-        write_reports(results, args.output)
-        print(f"wrote {args.output}/results.json, summary.csv, miou.png")
+        if jax.process_index() == 0:   # every process has all the results (lockstep.py); one writes them
+            write_reports(results, args.output)
+            print(f"wrote {args.output}/results.json, summary.csv, miou.png")
         return 0
     # shared: a canvas compiles once for all datasets
     runner = CanvasRunner(model, step=args.canvas_step or None, dtype=args.dtype)
@@ -269,6 +285,8 @@ def main(argv=None):
 
 def _evaluate_lockstep(model, datasets, zoom, args):
     """`--batch N`: every dataset through a LockstepEvaluator (one compilation per dataset)."""
+    import jax
+
     from fcfi_jax.evaluation.lockstep import LockstepEvaluator
 
     results = []
@@ -283,7 +301,7 @@ def _evaluate_lockstep(model, datasets, zoom, args):
                          "compilations": ev.compile_count, "calls_on_a_larger_canvas": 0,
                          "batch": ev.batch, "devices": ev.mesh.devices.size}
         results.append(r)
-        if r["n_samples"]:
+        if r["n_samples"] and jax.process_index() == 0:
             print(f"{ds.name}: NoC@80 {r['NoC']['NoC@80']:.2f}  NoC@85 {r['NoC']['NoC@85']:.2f}  "
                   f"NoC@90 {r['NoC']['NoC@90']:.2f}  NoF@90 {r[f'>={args.n_clicks}']['@90']}  "
                   f"SPC {r['timing']['wall_seconds_per_click']:.2f}s  batch {ev.batch} on "
