@@ -5,10 +5,12 @@ fcfi_jax fails (and jax too, for ONNX and SavedModel), replays the golden clicks
 the numpy host code of examples/onnx_predict.py, and must give the probabilities of `python -m fcfi_jax.predict`.
 
 Tolerances. With trained weights (`hrnet18s_clicky.pth`) the artifacts match fcfi_jax.predict to ~4e-7, so the
-bound is the issue's 1e-4. The random-weight fixtures amplify float32 rounding: on the golden crop two float32
-JAX evaluations of the same HRNet18s (on a canvas and at the exact size) already differ by 9e-5 and fcfi_jax.predict
-differs from the official probabilities by 1.1e-4; a max-abs bound of 1e-4 is below that noise, so they are
-bounded at a few times it (and the mean error far lower), as in tests/test_parity.py.
+bound is the issue's 1e-4. The random-weight fixtures amplify float32 rounding, whoever computes: on the golden crop
+fcfi_jax.predict in float32 is 9.9e-5 (max) from `fcfi_jax.predict --dtype float64`, its own float32 variants
+(direct 3x3 kernel on or off, canvas or exact size) differ from each other by up to 1.2e-4, and the ONNX example
+differs from float32 predict by 1.1e-4 but from float64 predict by only 7.4e-5 (1024 canvas). So for
+hrnet18s_random the ONNX example is held to the issue's 1e-4 against the float64 predictor (no looser than
+float32 predict's own error there), and against float32 predict at twice the measured difference.
 """
 import json
 import os
@@ -24,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "onnx_predict.py"
 CANVAS = "352,448"  # holds the 333x417 golden crop
 # (max abs, mean abs) on the probabilities after the last click
-TOL = {"hrnet18s_clicky": (1e-4, 1e-5), "hrnet18s_random": (5e-4, 1e-4), "r101": (2e-3, 2e-4)}
+TOL = {"hrnet18s_clicky": (1e-4, 1e-5), "hrnet18s_random": (2.5e-4, 3e-5), "r101": (2e-3, 2e-4)}
+# ... against `fcfi_jax.predict --dtype float64` (measured: ONNX 7.4e-5 / 9.1e-6, float32 predict 9.9e-5 / 1.7e-5)
+TOL_F64 = {"hrnet18s_random": (1e-4, 1.5e-5)}
 
 # Runs a script with some top-level packages made unimportable: proves the artifact needs nothing of them.
 BLOCKER = r'''
@@ -129,17 +133,17 @@ def checkpoints(fixtures_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predicted(checkpoints, crop, tmp_path_factory):
-    """name -> fcfi_jax.predict probabilities (no zoom-in, no flip) on the crop, computed once per checkpoint."""
+    """(name, dtype) -> fcfi_jax.predict probabilities (no zoom-in, no flip) on the crop, computed once each."""
     cache = {}
 
-    def get(name):
-        if name not in cache:
-            out = tmp_path_factory.mktemp(f"predict_{name}")
+    def get(name, dtype="float32"):
+        if (name, dtype) not in cache:
+            out = tmp_path_factory.mktemp(f"predict_{name}_{dtype}")
             _ok(_run(["-m", "fcfi_jax.predict", "--checkpoint", checkpoints(name), "--image", crop[0],
                       "--clicks", crop[1], "--output", out / "mask.png", "--save-probs", out / "probs.npy",
-                      "--no-zoom-in", "--no-flip"]))
-            cache[name] = np.load(out / "probs.npy").astype(np.float64)
-        return cache[name]
+                      "--no-zoom-in", "--no-flip", "--dtype", dtype]))
+            cache[name, dtype] = np.load(out / "probs.npy").astype(np.float64)
+        return cache[name, dtype]
 
     return get
 
@@ -163,7 +167,12 @@ def _onnx_case(name, checkpoints, predicted, crop, tmp_path):
                     "--save-probs", tmp_path / "p.npy", "--no-zoom-in", "--no-flip"],
                    blocked=["jax", "jaxlib", "flax", "tensorflow", "fcfi_jax"]))
     assert res.stdout.count("click ") == 3 and (tmp_path / "m.png").is_file()
-    _check(np.load(tmp_path / "p.npy"), predicted(name), TOL[name], f"onnx {name}")
+    probs = np.load(tmp_path / "p.npy")
+    _check(probs, predicted(name), TOL[name], f"onnx {name}")
+    if name in TOL_F64:
+        ref64 = predicted(name, "float64")
+        _check(predicted(name).astype(np.float32), ref64, (np.inf, np.inf), f"float32 predict {name} vs float64")
+        _check(probs, ref64, TOL_F64[name], f"onnx {name} vs float64 predict")
 
 
 def test_onnx_example_matches_predict(checkpoints, predicted, crop, tmp_path):
@@ -220,6 +229,9 @@ def test_onnx_flip_and_zoom_in_match_predict(checkpoints, crop, tmp_path):
     (["--format", "onnx", "--canvas", "300,400", "--image", "CROP"], "canvas 300x400 cannot hold the 333x417 image"),
     (["--format", "onnx", "--canvas", "12"], "--canvas expects H,W"),
     (["--format", "onnx", "--dtype", "float16"], "only float32"),
+    (["--format", "onnx", "--what", "session"], "unknown --what 'session'"),
+    (["--format", "stablehlo", "--what", "step", "--size", "64,64"], "--size is for --what network"),
+    (["--format", "stablehlo", "--what", "step", "--zoom-in", "720"], "--zoom-in expects TARGET,EXPANSION"),
 ])
 def test_bad_arguments_fail_in_one_line(args, message, fixtures_dir, crop, tmp_path):
     args = [str(crop[0]) if a == "CROP" else a for a in args]
@@ -269,8 +281,154 @@ def test_export_that_does_not_reproduce_leaves_nothing(tmp_path, monkeypatch):
 
     load = formats.LOADERS["stablehlo"]
     monkeypatch.setitem(formats.LOADERS, "stablehlo",
-                        lambda path: (lambda feed: [o + 1e-2 for o in load(path)(feed)]))
+                        lambda path: (lambda feed: [o + 0.1 for o in load(path)(feed)]))  # > the 3e-2 default
     with pytest.raises(ExportError, match="does not reproduce the model"):
         export_model(model, spec, "stablehlo", str(out), log=lambda *a: None)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.jaxexport", "tiny.jaxexport.json"]
+
+
+# Replays clicks through an exported click step with jax only (fcfi_jax and flax blocked): inputs by the
+# sidecar's names and order, the state fed back from the new_state_* outputs.
+STEP_REPLAY = r'''
+import json, sys
+import numpy as np
+artifact, data, out = sys.argv[1:4]
+sidecar = json.load(open(artifact + ".json"))
+names = [i["name"] for i in sidecar["inputs"]]
+outs = [o["name"] for o in sidecar["outputs"]]
+d = np.load(data)
+fmt = sidecar["format"]
+if fmt == "stablehlo":
+    import jax
+    exported = jax.export.deserialize(bytearray(open(artifact, "rb").read()))
+    call = jax.jit(exported.call)
+    run = lambda feed: [np.asarray(o) for o in call(*(feed[n] for n in names))]
+else:
+    import onnxruntime as ort
+    session = ort.InferenceSession(artifact, providers=["CPUExecutionProvider"])
+    run = lambda feed: session.run(outs, feed)
+state = {}
+for i in sidecar["inputs"]:
+    if i["name"].startswith("state_"):
+        init = i["initial"]
+        dt = np.dtype(i["dtype"])
+        state[i["name"]] = (np.zeros(i["shape"], dt) if init == "zeros" else np.asarray(init, dt).reshape(i["shape"]))
+result = {}
+for k, click in enumerate(d["clicks"]):
+    o = dict(zip(outs, run({"image": d["image"], "hw": d["hw"], "click": click, **state})))
+    state = {"state_" + n[len("new_state_"):]: v for n, v in o.items() if n.startswith("new_state_")}
+    result[f"probs{k}"], result[f"roi{k}"] = o["probs"], o["new_state_roi"]
+    result[f"has_roi{k}"], result[f"net_hw{k}"] = o["new_state_has_roi"], o["new_state_net_hw"]
+np.savez(out, **result)
+'''
+
+
+def _step_session(data_dir, tmp_path, canvas=(240, 320)):
+    """A GrabCut image (banana1, 480x640, downscaled to the canvas) and four clicks from its ground truth:
+    the object's and the background's innermost pixels, then two more object pixels far from the first."""
+    import cv2
+
+    from fcfi_jax.data.readers import get_dataset
+
+    ds = get_dataset("GrabCut", data_dir / "GrabCut")
+    sample = ds[ds.names.index("banana1")]
+    h, w = canvas
+    img = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_AREA)
+    gt = cv2.resize((sample.gt == 1).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    inner = cv2.distanceTransform(gt, cv2.DIST_L2, 5)
+    outer = cv2.distanceTransform(1 - gt, cv2.DIST_L2, 5)
+    y0, x0 = np.unravel_index(np.argmax(inner), gt.shape)
+    yb, xb = np.unravel_index(np.argmax(outer), gt.shape)
+    ys, xs = np.nonzero(inner > 0.5 * inner.max())
+    far = np.argsort(-((ys - y0) ** 2 + (xs - x0) ** 2))
+    clicks = np.array([(y0, x0, 1), (yb, xb, 0), (ys[far[0]], xs[far[0]], 1), (ys[far[len(far) // 3]],
+                       xs[far[len(far) // 3]], 1)], np.int32)
+    image = (img.astype(np.float32) / np.float32(255)).astype(np.float32)
+    data = tmp_path / "session.npz"
+    np.savez(data, image=image, hw=np.array([h, w], np.int32), clicks=clicks)
+    return data, image, clicks
+
+
+def _step_reference(ckpt, image, clicks, spec):
+    """fcfi_jax's click step (fcfi_jax.inference.click_step, the lockstep evaluator's step) on the clicks."""
+    import jax.numpy as jnp
+
+    import fcfi_jax
+    from fcfi_jax.export.step import reference_step
+    from fcfi_jax.inference.click_step import init_state
+
+    model = fcfi_jax.load_model(ckpt)
+    step = reference_step(model, spec)
+    state, out = init_state(spec.config()), []
+    hw = jnp.asarray(image.shape[:2], jnp.int32)
+    for c in clicks:
+        state, probs, _ = step(jnp.asarray(image), hw, jnp.asarray(c), state)
+        out.append((np.asarray(probs), np.asarray(state.roi), bool(state.has_roi), np.asarray(state.net_hw)))
+    return out
+
+
+# Max abs difference of the probabilities at any of the four clicks (measured: see docs/export.md).
+STEP_TOL = {"stablehlo": 6e-7, "onnx": 6e-7}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["stablehlo", "onnx"])
+def test_click_step_round_trip(fmt, fixtures_dir, data_dir, tmp_path):
+    """The whole click step (zoom-in 240,3.0 and flip) exported, then replayed for four clicks on a GrabCut image
+    in a process where fcfi_jax and flax cannot be imported (and jax neither for ONNX): the same zoom boxes and
+    network input sizes as fcfi_jax's step at every click, probabilities within STEP_TOL."""
+    from fcfi_jax.export.step import StepSpec
+
+    ckpt = fixtures_dir / "hrnet18s_clicky.pth"
+    data, image, clicks = _step_session(data_dir, tmp_path)
+    spec = StepSpec(240, 320, zoom_in=(240, 3.0), flip=True, max_clicks=4)
+    artifact = tmp_path / ("step.jaxexport" if fmt == "stablehlo" else "step.onnx")
+    res = _ok(_run(["tools/export.py", "--checkpoint", ckpt, "--what", "step", "--format", fmt, "--output", artifact,
+                    "--canvas", "240,320", "--zoom-in", "240,3.0", "--flip", "--max-clicks", "4"]))
+    assert "verified: max abs error" in res.stdout
+    sidecar = json.loads(Path(str(artifact) + ".json").read_text())
+    assert sidecar["what"] == "click step" and sidecar["net_canvas_hw"] == [240, 320] and sidecar["flip"]
+    assert [i["name"] for i in sidecar["inputs"]][:3] == ["image", "hw", "click"]
+    blocked = ["fcfi_jax", "flax"] + (["jax", "jaxlib"] if fmt == "onnx" else [])
+    script = tmp_path / "step_replay.py"
+    script.write_text(STEP_REPLAY)
+    _ok(_run([script, artifact, data, tmp_path / "out.npz"], blocked=blocked))
+    got = np.load(tmp_path / "out.npz")
+    ref = _step_reference(ckpt, image, clicks, spec)
+    assert [r[2] for r in ref] == [False, True, True, True]  # clicks 2-4 run on a zoomed crop
+    for k, (probs, roi, has_roi, net_hw) in enumerate(ref):
+        assert bool(got[f"has_roi{k}"]) == has_roi and got[f"roi{k}"].tolist() == roi.tolist(), k
+        assert got[f"net_hw{k}"].tolist() == net_hw.tolist(), k
+        err = float(np.abs(got[f"probs{k}"].astype(np.float64) - probs).max())
+        print(f"{fmt} click {k + 1}: roi {roi.tolist()} net {net_hw.tolist()} max abs {err:.2e}")
+        assert err <= STEP_TOL[fmt], (k, err)
+
+
+def test_exact_division_runs_in_onnxruntime_with_the_same_bits(tmp_path):
+    """`models.rounding.div_f32` (FFCM's box, the click step's coordinates) exports to ONNX (it uses no bit
+    operations: onnxruntime refuses int32 BitShift) and gives there the correctly rounded quotients it gives in
+    JAX, on random integer pairs of its whole contract."""
+    import jax
+    import jax.numpy as jnp
+
+    from fcfi_jax.models.rounding import div_f32
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(1, 2 ** 24, 100_000)
+    p = (rng.random(100_000) * np.minimum(2 ** 31 - 1, q * 2 ** 24 - 1)).astype(np.int64) * rng.choice([-1, 1], 100_000)
+    q = np.concatenate([q, rng.integers(1, 2000, 100_000), [1, 1, 7, 640]]).astype(np.int32)
+    p = np.concatenate([p, rng.integers(-4_000_000, 4_000_000, 100_000), [0, -1, 3, 476 * 160]]).astype(np.int32)
+    got = np.asarray(jax.jit(div_f32)(jnp.asarray(p), jnp.asarray(q)))
+    assert np.array_equal(got, (p.astype(np.float64) / q).astype(np.float32))
+
+    ort = pytest.importorskip("onnxruntime")
+    from jax2onnx import to_onnx
+
+    n = 4096
+    model = to_onnx(div_f32, [jax.ShapeDtypeStruct((n,), jnp.int32)] * 2, input_names=["p", "q"],
+                    output_names=["r"], opset=17)
+    (tmp_path / "div.onnx").write_bytes(model.SerializeToString())
+    session = ort.InferenceSession(str(tmp_path / "div.onnx"), providers=["CPUExecutionProvider"])
+    (r,) = session.run(["r"], {"p": p[-n:], "q": q[-n:]})
+    assert np.array_equal(r, got[-n:])

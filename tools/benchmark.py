@@ -10,6 +10,8 @@
     python tools/benchmark.py --what train --models hrnet18s --batch 8  # train-step samples/s at 320x480
     python tools/benchmark.py --what lockstep --models hrnet18s --eval-images 8 --lockstep-batches 1,4,8
                                                                         # device-step evaluation, clicks/s per batch
+    python tools/benchmark.py --what onnx --models hrnet18s --sizes 480x640  # onnxruntime vs fcfi_jax per click,
+                                                                        # artifact sizes (needs the export extra)
     python tools/benchmark.py --what forward,eval --models hrnet18s --eval-images 15 \
         --official /path/to/FCFI                                          # + the official code, same hour
 
@@ -216,6 +218,76 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
     return rows
 
 
+def onnx_rows(model, size, n_clicks, data_root, canvas_step, threads=0):
+    """onnxruntime (CPU) against fcfi_jax per click, side by side: the network exported for an h x w canvas
+    (tools/export.py's path, verification included) and driven by examples/onnx_predict.py's numpy session, and
+    fcfi_jax's Predictor on the CanvasRunner (XLA, direct 3x3 kernel on CPU), the same clicks on the same image
+    (a GrabCut photo resized to h x w; no zoom-in, no flip, so both run one h x w forward per click). The first
+    click is reported apart (fcfi_jax compiles there). Also the artifact sizes: ONNX, and StableHLO (written, not
+    verified) for comparison."""
+    import importlib.util
+    import tempfile
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from fcfi_jax.export import ExportSpec, export_model, network_function
+    from fcfi_jax.export.formats import write_stablehlo
+    from fcfi_jax.inference.predictor import Predictor
+    from fcfi_jax.inference.runner import CanvasRunner
+
+    h, w = size
+    x, _, _ = _real_input(data_root, h, w, 1)
+    image = np.clip(np.rint(x[0, :, :, :3] * 255), 0, 255).astype(np.uint8)
+    # clicks spread over the image, alternating positive and negative after the first
+    rng = np.random.default_rng(0)
+    clicks = [(h // 2, w // 2, True)] + [(int(rng.integers(0, h)), int(rng.integers(0, w)), k % 2 == 1)
+                                         for k in range(1, n_clicks)]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "onnx_predict.py")
+    spec_ = importlib.util.spec_from_file_location("onnx_predict", path)
+    example = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(example)
+
+    def session_times(add_click):
+        times, probs = [], None
+        for y, xx, p in clicks:
+            _wait_idle()
+            t0 = time.perf_counter()
+            _, probs = add_click(y, xx, p)
+            times.append(time.perf_counter() - t0)
+        return times, np.asarray(probs, np.float64)
+
+    with tempfile.TemporaryDirectory() as d:
+        onnx_path, hlo_path = os.path.join(d, "net.onnx"), os.path.join(d, "net.jaxexport")
+        spec = ExportSpec(h, w)
+        t0 = time.perf_counter()
+        sidecar = export_model(model, spec, "onnx", onnx_path, log=lambda *a: None)
+        export_s = time.perf_counter() - t0
+        write_stablehlo(network_function(model, spec), spec, hlo_path)
+        sizes = {"onnx_bytes": sidecar["artifact_bytes"], "stablehlo_bytes": os.path.getsize(hlo_path)}
+        import onnxruntime
+
+        net = example.Network.from_onnx(onnx_path, threads=threads)
+        sess = example.Session(net, image, zoom_in=None, flip=False)
+        ort_times, ort_probs = session_times(sess.add_click)
+    pred = Predictor(CanvasRunner(model, step=canvas_step, dtype=jnp.float32), zoom_in=None, with_flip=False)
+    pred.set_image(image)
+    jax_times, jax_probs = session_times(pred.add_click)
+    import jax
+
+    rows = []
+    for name, version, times in (("onnxruntime", onnxruntime.__version__, ort_times),
+                                 ("fcfi_jax", jax.__version__, jax_times)):
+        steady = times[1:] or times
+        rows.append({"bench": "onnx_vs_jax_click", "runtime": name, "version": version, "model": "hrnet18s",
+                     "input": f"1x{h}x{w}", "canvas": f"{h}x{w}", "dtype": "float32", "clicks": len(times),
+                     "first_click_s": times[0], "median_s": statistics.median(steady), "min_s": min(steady),
+                     "max_s": max(steady), "n": len(steady),
+                     **({"export_s": export_s, **sizes} if name == "onnxruntime" else {}),
+                     "max_abs_prob_diff": float(np.abs(ort_probs - jax_probs).max())})
+    return rows
+
+
 def eval_row(model, n_images, data_root, canvas_step, cache_dir=None):
     from fcfi_jax.data.readers import get_dataset
     from fcfi_jax.evaluation.evaluate import build_predictor, evaluate_dataset
@@ -353,7 +425,9 @@ def official_rows(args, what, rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--what", default="forward,click", help="comma list of forward, click, eval, train")
+    p.add_argument("--what", default="forward,click",
+                   help="comma list of forward, click, eval, train, lockstep, onnx (onnxruntime vs fcfi_jax per "
+                        "click on each --sizes canvas, and the artifact sizes)")
     p.add_argument("--models", default="hrnet18s,r101")
     p.add_argument("--checkpoint", default=None,
                    help="weights for hrnet18s (official .pth or converted directory; default: random weights of "
@@ -388,15 +462,15 @@ def main(argv=None):
             p.error(error)
     _IDLE["threshold"] = args.wait_idle
     what = set(args.what.split(","))
-    unknown = what - {"forward", "click", "eval", "train", "lockstep"}
+    unknown = what - {"forward", "click", "eval", "train", "lockstep", "onnx"}
     if unknown:
-        p.error(f"unknown --what {sorted(unknown)}; choose from forward, click, eval, train, lockstep")
+        p.error(f"unknown --what {sorted(unknown)}; choose from forward, click, eval, train, lockstep, onnx")
     names = args.models.split(",")
     for name in names:
         if name not in MODELS:
             p.error(f"unknown model {name!r}; choose from {MODELS}")
     models = {}
-    if what & {"forward", "click", "eval", "lockstep"}:
+    if what & {"forward", "click", "eval", "lockstep", "onnx"}:
         for name in names:
             if name == "hrnet18s" and args.checkpoint:
                 import fcfi_jax
@@ -426,6 +500,11 @@ def main(argv=None):
         for row in lockstep_rows(models["hrnet18s"], args.eval_images, batches, args.data_root, step,
                                  args.lockstep_clicks):
             emit(row)
+    if "onnx" in what and "hrnet18s" in models:
+        for s in args.sizes.split(","):
+            h, w = (int(v) for v in s.split("x"))
+            for row in onnx_rows(models["hrnet18s"], (h, w), max(3, args.repeats // 3), args.data_root, step):
+                emit(row)
     if "train" in what:
         h, w = (int(v) for v in args.train_size.split("x"))
         for name in names:
@@ -445,7 +524,7 @@ def main(argv=None):
     print(f"{'bench':17s} {'model':9s} {'input':12s} {'dtype':8s} {'median':>8s} {'min..max':>16s} {'GFLOP':>6s} "
           f"{'GFLOP/s':>7s}  notes")
     for r in rows:
-        if "median_s" in r:
+        if "median_s" in r and r["bench"] != "onnx_vs_jax_click":
             notes = []
             if "canvas" in r:
                 notes.append(f"canvas {r['canvas']}, {r['xla_compilations']} compilation(s)")
@@ -457,6 +536,12 @@ def main(argv=None):
             print(f"{r['bench']:17s} {r.get('model', ''):9s} {r['input']:12s} {r['dtype']:8s} {r['median_s']:7.3f}s "
                   f"{r['min_s']:6.3f}..{r['max_s']:<7.3f}s {_num(r.get('gflop'), 6)} "
                   f"{_num(r.get('gflops_per_s'), 7)}  {'; '.join(notes)}")
+        elif r["bench"] == "onnx_vs_jax_click":
+            sizes = (f"; ONNX {r['onnx_bytes'] / 2**20:.1f} MiB, StableHLO {r['stablehlo_bytes'] / 2**20:.1f} MiB, "
+                     f"export {r['export_s']:.0f}s" if "onnx_bytes" in r else "")
+            print(f"{'click ' + r['runtime']:17s} {r['model']:9s} {r['input']:12s} {r['dtype']:8s} {r['median_s']:7.3f}s "
+                  f"{r['min_s']:6.3f}..{r['max_s']:<7.3f}s  {r['version']}, first click {r['first_click_s']:.2f}s, "
+                  f"{r['clicks']} clicks, max |prob diff| {r['max_abs_prob_diff']:.2g}{sizes}")
         elif r["bench"] == "vs_official":
             print(f"{'vs official':17s} {r['what']}: ours {r['ours_s']:.3f}s, official {r['official_s']:.3f}s, "
                   f"ours / official {r['ours_over_official']:.2f} ({1 / r['ours_over_official']:.2f}x faster)")

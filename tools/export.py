@@ -1,8 +1,10 @@
-"""Export the predictor's network call as an ONNX, StableHLO or TF SavedModel artifact with a JSON sidecar.
+"""Export the predictor's network call (or the whole click step) as an ONNX, StableHLO or TF SavedModel artifact.
 
     python tools/export.py --checkpoint hrnet18s.pth --format onnx --output h18s.onnx
     python tools/export.py --checkpoint hrnet18s.pth --format stablehlo --output h18s.jaxexport --canvas 768,768 --flip
     python tools/export.py --checkpoint hrnet18s.pth --format savedmodel --output h18s_savedmodel
+    python tools/export.py --checkpoint hrnet18s.pth --what step --format stablehlo --output step.jaxexport \
+        --canvas 512,640 --flip                       # the whole click step: zoom-in (720,3.0), flip, sigmoid, mask
 
 The artifact takes the image with its previous-mask channel, the clicks, the newest click, the gate and (on a
 canvas) the true input size, and returns the logits and both feedbacks; `OUTPUT.json` documents every input
@@ -12,6 +14,10 @@ Shapes: --canvas H,W (default 1024,1024) serves every input up to H x W (the inp
 corner and its true size passed in `valid_hw`); --size H,W takes exactly that size. --flip exports batch 2 (the
 input and its mirror in one call). The export is verified on a synthetic input against the JAX model before
 it is moved into place; if it does not reproduce the model nothing is written and the exit code is 1.
+With --what step the artifact is one interactive click: image canvas, true size, the new click and the
+session state in; probabilities, mask and the new state out (zoom-in per --zoom-in / --no-zoom-in, flip with
+--flip); see docs/export.md. --canvas is then the image canvas (the network canvas is made to hold the zoom
+target too) and --max-clicks the clicks per session.
 Bad arguments (unknown format, canvas smaller than --image, missing checkpoint) give one `export: error:`
 line and exit code 2.
 """
@@ -21,6 +27,7 @@ import sys
 import time
 
 DEFAULT_CANVAS = (1024, 1024)
+WHATS = ("network", "step")
 FORMATS = ("onnx", "stablehlo", "savedmodel")  # also fcfi_jax.export.FORMATS; kept here to fail before importing jax
 
 
@@ -44,17 +51,24 @@ def main(argv=None):
     p = _Parser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="official .pth or converted directory")
     p.add_argument("--format", required=True, help="onnx | stablehlo | savedmodel")
+    p.add_argument("--what", default="network",
+                   help="network (the network call; default) | step (the whole click step, zoom-in included)")
+    p.add_argument("--zoom-in", default="720,3.0", metavar="TARGET,EXPANSION",
+                   help="--what step: the zoom-in of the step (default 720,3.0, as fcfi_jax.predict)")
+    p.add_argument("--no-zoom-in", action="store_true", help="--what step: no zoom-in")
     p.add_argument("--output", required=True, help="artifact path (a directory for savedmodel); OUTPUT.json is the sidecar")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--canvas", help=f"H,W: largest input served (default {DEFAULT_CANVAS[0]},{DEFAULT_CANVAS[1]})")
     shape.add_argument("--size", help="H,W: the only input size served")
-    p.add_argument("--flip", action="store_true", help="batch 2: the input and its mirror in one call")
+    p.add_argument("--flip", action="store_true",
+                   help="batch 2: the input and its mirror in one call (--what step: the flip test-time augmentation)")
     p.add_argument("--dtype", default="float32", help="float32 (the only one supported)")
-    p.add_argument("--max-clicks", type=int, default=24, help="positive and negative clicks each (default 24)")
+    p.add_argument("--max-clicks", type=int, default=24,
+                   help="positive and negative clicks each (--what step: clicks per session; default 24)")
     p.add_argument("--image", action="append", default=[],
                    help="an image the artifact must serve at full size (repeatable): refuse a smaller canvas")
     p.add_argument("--tolerance", type=float, default=None,
-                   help="max abs difference to the JAX model on the verification input (default 5e-3)")
+                   help="max abs difference to the JAX model on the verification input (default 3e-2)")
     args = p.parse_args(argv)
 
     def fail(msg, code=2):
@@ -63,6 +77,20 @@ def main(argv=None):
 
     if args.format not in FORMATS:
         return fail(f"unknown format {args.format!r}: expected one of {', '.join(FORMATS)}")
+    if args.what not in WHATS:
+        return fail(f"unknown --what {args.what!r}: expected one of {', '.join(WHATS)}")
+    step = args.what == "step"
+    if step and args.size is not None:
+        return fail("--size is for --what network; the click step serves every image up to --canvas H,W")
+    zoom = None
+    if step and not args.no_zoom_in:
+        try:
+            t, e = args.zoom_in.split(",")
+            zoom = (int(t), float(e))
+        except ValueError:
+            return fail(f"--zoom-in expects TARGET,EXPANSION (e.g. 720,3.0), got {args.zoom_in!r}")
+        if not (32 <= zoom[0] <= 4096 and 0 < zoom[1] <= 100):
+            return fail(f"--zoom-in TARGET must be in [32, 4096] and EXPANSION in (0, 100], got {args.zoom_in!r}")
     if args.dtype != "float32":
         return fail(f"--dtype {args.dtype} is not supported: only float32 artifacts are exported")
     if args.max_clicks < 1:
@@ -95,18 +123,26 @@ def main(argv=None):
     import fcfi_jax
     from fcfi_jax.convert.mapping import ConversionError
     from fcfi_jax.convert.torch_pickle import CheckpointError
-    from fcfi_jax.export import DEFAULT_TOLERANCE, ExportError, ExportSpec, export_model
+    from fcfi_jax.export import DEFAULT_TOLERANCE, ExportError, ExportSpec, export_model, export_step
+    from fcfi_jax.export.step import StepSpec
 
     try:
         model = fcfi_jax.load_model(args.checkpoint)
     except (CheckpointError, ConversionError, FileNotFoundError, ValueError) as e:
         return fail(f"cannot load {args.checkpoint}: {e}")
-    spec = ExportSpec(hw[0], hw[1], batch=2 if args.flip else 1, max_clicks=args.max_clicks, exact=exact)
-    print(f"{model.cfg.family} model loaded in {time.time() - t0:.1f} s; exporting {args.format} for "
-          f"{'exactly' if exact else 'inputs up to'} {hw[0]}x{hw[1]}, batch {spec.batch}")
     tol = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    if step:
+        spec = StepSpec(hw[0], hw[1], zoom_in=zoom, flip=args.flip, max_clicks=args.max_clicks)
+        print(f"{model.cfg.family} model loaded in {time.time() - t0:.1f} s; exporting the {args.format} click step "
+              f"for images up to {hw[0]}x{hw[1]} (network canvas {spec.net_canvas[0]}x{spec.net_canvas[1]}), "
+              f"zoom-in {'%d,%g' % zoom if zoom else 'off'}, flip {'on' if args.flip else 'off'}")
+    else:
+        spec = ExportSpec(hw[0], hw[1], batch=2 if args.flip else 1, max_clicks=args.max_clicks, exact=exact)
+        print(f"{model.cfg.family} model loaded in {time.time() - t0:.1f} s; exporting {args.format} for "
+              f"{'exactly' if exact else 'inputs up to'} {hw[0]}x{hw[1]}, batch {spec.batch}")
     try:
-        sidecar = export_model(model, spec, args.format, args.output, tolerance=tol, checkpoint=args.checkpoint)
+        sidecar = (export_step if step else export_model)(model, spec, args.format, args.output, tolerance=tol,
+                                                          checkpoint=args.checkpoint)
     except ExportError as e:
         return fail(e, 1)
     except ImportError as e:

@@ -1,9 +1,11 @@
 """Writers and loaders of the three artifact formats.
 
-Each `write_*(f, spec, path)` serializes the network function `f` of `network.network_function` for the
-shapes of `spec`; each `load_*(path)` returns `run(feed) -> [instances, updated_feedback1, updated_feedback2]`
-(a dict of numpy inputs by name in, numpy out) the way a deployment would load the file: onnxruntime, `jax.export.deserialize`, or
-`tf.saved_model.load`. The export verifies the written file through these loaders.
+Each `write_*(f, spec, path)` serializes a function `f` of arrays (the network call of
+`network.network_function`, or the click step of `step.step_function`) for the shapes of `spec` (anything with
+`input_structs()`, `input_names` and `output_names`); each `load_*(path)` returns `run(feed) -> list of outputs`
+(a dict of numpy inputs by name in, numpy out, in the order of `outputs`: by default the network's
+instances, updated_feedback1, updated_feedback2) the way a deployment would load the file: onnxruntime,
+`jax.export.deserialize`, or `tf.saved_model.load`. The export verifies the written file through these loaders.
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ def write_onnx(f, spec, path, opset: int = 17):
     from onnx_ir.passes import common
 
     with _fast_jax2onnx():
-        model = to_onnx(f, spec.input_structs(), input_names=spec.input_names, output_names=list(OUTPUTS),
+        model = to_onnx(f, spec.input_structs(), input_names=spec.input_names, output_names=list(spec.output_names),
                         model_name="fcfi", opset=opset, return_mode="ir")
     # jax2onnx leaves shape constants it folded away; drop them (onnxruntime would list each one on load).
     for p in (common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass()):
@@ -87,7 +89,7 @@ def write_onnx(f, spec, path, opset: int = 17):
     onnx_ir.save(model, path)
 
 
-def load_onnx(path, threads: int = 0):
+def load_onnx(path, threads: int = 0, outputs=OUTPUTS):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -95,7 +97,7 @@ def load_onnx(path, threads: int = 0):
     if threads:
         opts.intra_op_num_threads = threads
     session = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
-    return lambda feed: session.run(list(OUTPUTS), feed)
+    return lambda feed: session.run(list(outputs), feed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,11 +109,11 @@ def write_stablehlo(f, spec, path, platforms=STABLEHLO_PLATFORMS):
         fh.write(exported.serialize())
 
 
-def load_stablehlo(path):
+def load_stablehlo(path, inputs=INPUTS):
     with open(path, "rb") as fh:
         exported = jax.export.deserialize(bytearray(fh.read()))
     call = jax.jit(exported.call)
-    names = INPUTS[:len(exported.in_avals)]  # positional: without valid_hw in a fixed-size export
+    names = inputs[:len(exported.in_avals)]  # positional: without valid_hw in a fixed-size export
     return lambda feed: [np.asarray(o) for o in call(*(feed[n] for n in names))]
 
 
@@ -135,20 +137,20 @@ def write_savedmodel(f, spec, path):
 
     @tf.function(input_signature=signature, autograph=False, jit_compile=True)
     def serve(*inputs):
-        return dict(zip(OUTPUTS, lowered(*inputs)))
+        return dict(zip(spec.output_names, lowered(*inputs)))
 
     module.serve = serve
     tf.saved_model.save(module, os.fspath(path), signatures={"serving_default": serve})
 
 
-def load_savedmodel(path):
+def load_savedmodel(path, outputs=OUTPUTS):
     import tensorflow as tf
 
     fn = tf.saved_model.load(os.fspath(path)).signatures["serving_default"]
 
     def run(feed):
         out = fn(**{n: tf.constant(x) for n, x in feed.items()})
-        return [out[k].numpy() for k in OUTPUTS]
+        return [out[k].numpy() for k in outputs]
 
     return run
 

@@ -71,6 +71,10 @@ class ExportSpec:
     def input_names(self):
         return list(INPUTS[:4] if self.exact else INPUTS)
 
+    @property
+    def output_names(self):
+        return list(OUTPUTS)
+
 
 def half_size_table(model, n: int) -> np.ndarray:
     """int32 (n + 1, 2): row k = the FFCM half box (rows, cols) of an input k pixels high / wide."""
@@ -80,13 +84,15 @@ def half_size_table(model, n: int) -> np.ndarray:
 
 def _crop_unrolled(x, sy, sx, win):
     """`fcfi_modules._crop` with the batch unrolled (B <= 2 here): one plain dynamic slice per example."""
-    return jnp.stack([jax.lax.dynamic_slice(x[b], (sy[b], sx[b], 0), (win[0], win[1], x.shape[-1]))
+    zero = jnp.zeros((), sy.dtype)  # a literal 0 would be int64 under jax_enable_x64 (float64 runs)
+    return jnp.stack([jax.lax.dynamic_slice(x[b], (sy[b], sx[b], zero), (win[0], win[1], x.shape[-1]))
                       for b in range(x.shape[0])])
 
 
 def _paste_unrolled(x, patch, sy, sx):
     """`fcfi_modules._paste` with the batch unrolled: one plain dynamic update slice per example."""
-    return jnp.stack([jax.lax.dynamic_update_slice(x[b], patch[b], (sy[b], sx[b], 0)) for b in range(x.shape[0])])
+    zero = jnp.zeros((), sy.dtype)
+    return jnp.stack([jax.lax.dynamic_update_slice(x[b], patch[b], (sy[b], sx[b], zero)) for b in range(x.shape[0])])
 
 
 def _max_pool_unrolled(x, hw=None):
@@ -108,7 +114,7 @@ def _max_pool_unrolled(x, hw=None):
 
 @contextlib.contextmanager
 def portable_ops():
-    """Trace the FFCM window crop/paste without vmap, and the ResNet stem's max pool as slices.
+    """Trace the FFCM window crop/paste without vmap and the ResNet stem's max pool as slices.
 
     Under vmap a dynamic (update) slice becomes a batched gather/scatter; ONNX has no such scatter (jax2onnx:
     "scatter pattern not supported in plugins") while a per-example DynamicUpdateSlice maps onto ONNX Slice
