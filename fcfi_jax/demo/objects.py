@@ -14,9 +14,7 @@ import colorsys
 import dataclasses
 import io
 import json
-import os
 import pathlib
-import tempfile
 import zipfile
 
 import numpy as np
@@ -294,19 +292,8 @@ def objects_zip(objects, h: int, w: int, encode_png) -> bytes:
 
 
 def atomic_write_json(path, doc):
-    """Write JSON to a temporary file beside `path`, flush it to disk, then os.replace: a reader (or a crash)
+    """Write JSON beside `path`, flushed, then renamed over it (`predict.write_atomic`): a reader (or a crash)
     sees the old file or the new one, never a half-written one."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from fcfi_jax.predict import write_atomic
+
+    write_atomic(path, json.dumps(doc, separators=(",", ":")).encode("utf-8"))

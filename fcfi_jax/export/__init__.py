@@ -228,23 +228,26 @@ def export_model(model, spec: ExportSpec, fmt: str, output: str, tolerance: floa
         verification = {"input_hw": [int(v) for v in hw], "batch": spec.batch, "max_abs_error": errors,
                         "tolerance": tolerance, "compared_with": "the JAX forward of the same function",
                         "instances": "compared as sigmoid probabilities and as |difference| / (1 + |logit|)"}
-        sidecar = describe(spec, model, fmt, output, verification, checkpoint)
-        size = (sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(tmp) for n in ns)
-                if os.path.isdir(tmp) else os.path.getsize(tmp))
-        sidecar["artifact_bytes"] = size
-        # Replace an old artifact only now: a failed export leaves the previous file untouched.
-        if os.path.isdir(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-        import json
-
-        side_tmp = os.path.join(tmp_dir, "sidecar.json")
-        with open(side_tmp, "w") as fh:
-            json.dump(sidecar, fh, indent=1)
-        os.replace(side_tmp, output + ".json")
-        return sidecar
+        return _install(tmp, tmp_dir, output, describe(spec, model, fmt, output, verification, checkpoint))
     finally:
         _remove(tmp_dir)
+
+
+def _install(tmp, tmp_dir, output, sidecar):
+    """Move a verified artifact (file or folder) from `tmp` to `output` and write its sidecar `output`.json.
+    Only now is an old artifact replaced: a failed export leaves the previous file untouched."""
+    import json
+
+    sidecar["artifact_bytes"] = (sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(tmp) for n in ns)
+                                 if os.path.isdir(tmp) else os.path.getsize(tmp))
+    if os.path.isdir(output):
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+    side_tmp = os.path.join(tmp_dir, "sidecar.json")
+    with open(side_tmp, "w") as fh:
+        json.dump(sidecar, fh, indent=1)
+    os.replace(side_tmp, output + ".json")
+    return sidecar
 
 
 def _compare_step(got, want):
@@ -273,7 +276,6 @@ def export_step(model, spec, fmt: str, output: str, tolerance: float = DEFAULT_T
     of clicks 2 and 3, so that they run zoomed); probabilities and feedback maps must match within `tolerance`,
     the integer state (zoom box, sizes, clicks) exactly, or ExportError and nothing is written.
     """
-    import json
     import time
 
     import jax
@@ -334,16 +336,6 @@ def export_step(model, spec, fmt: str, output: str, tolerance: float = DEFAULT_T
         verification = {"input_hw": hw.tolist(), "clicks": per_click, "max_abs_error": worst, "tolerance": tolerance,
                         "compared_with": "the JAX step of the same function, click by click from the same state; "
                                          "integer and bool state compared for equality"}
-        sidecar = step.describe(spec, model, fmt, output, verification, checkpoint)
-        sidecar["artifact_bytes"] = (sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(tmp) for n in ns)
-                                     if os.path.isdir(tmp) else os.path.getsize(tmp))
-        if os.path.isdir(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-        side_tmp = os.path.join(tmp_dir, "sidecar.json")
-        with open(side_tmp, "w") as fh:
-            json.dump(sidecar, fh, indent=1)
-        os.replace(side_tmp, output + ".json")
-        return sidecar
+        return _install(tmp, tmp_dir, output, step.describe(spec, model, fmt, output, verification, checkpoint))
     finally:
         _remove(tmp_dir)
