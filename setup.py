@@ -41,6 +41,7 @@ EXTRAS_REQUIRE = {
         "clu>=0.0.10",
         "tensorboard>=2.18,<3",     # clu.metric_writers needs it; tensorflow-cpu 2.21 no longer pulls it
         "importlib_resources",      # tensorflow-datasets 4.9.10 imports it without declaring it
+        "pycocotools>=2.0.8",       # data.builder=coco_json (polygons, RLE); 2.0.8: the first wheels for NumPy 2
     ],
     # tools/export.py: ONNX checked with onnxruntime (StableHLO needs nothing more; SavedModel needs TensorFlow, in
     # [train]). jax2onnx itself is installed separately with --no-deps (README): every release since 0.13 pins

@@ -11,6 +11,8 @@ the end (set --config.eval.root=/data/sbd/dataset).
     python -m fcfi_jax.main --config=configs/hrnet18s.py:local
 
 is the same code on a small HRNet and generated data: a few minutes on a laptop CPU, nothing downloaded.
+Add --config.data.builder=folder --config.data.manual_dir=DIR to run it on your own images instead
+(docs/training.md, "Train on your own images").
 """
 from fcfi_jax.training.defaults import base_config, make_local
 

@@ -1,5 +1,6 @@
 """TFDS builders on small generated folders: SBD (synthetic), RITM COCO+LVIS, evaluation (GrabCut); errors."""
 import json
+import logging
 import os
 import pickle
 
@@ -25,8 +26,10 @@ def sbd_folder(tmp_path_factory):
                                       image_size=(48, 64), seed=3)
 
 
-def test_sbd_builder_reads_the_layout(sbd_folder, tmp_path):
-    builder = prepare_builder("sbd_fcfi", sbd_folder, tmp_path / "tfds")
+def test_sbd_builder_reads_the_layout(sbd_folder, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        builder = prepare_builder("sbd_fcfi", sbd_folder, tmp_path / "tfds")
+    assert "dataset_info.json" not in caplog.text   # a first build is no broken dataset: TFDS's warning stays out
     assert {s: builder.info.splits[s].num_examples for s in ("train", "val")} == {"train": 5, "val": 3}
     assert builder.info.metadata["sample_scores"] == {}          # no weights file: uniform, and said so
     source = builder.as_data_source("train")

@@ -6,6 +6,10 @@ Datasets (`prepare_builder(name, manual_dir, data_dir)` builds one and returns t
 - `cocolvis_fcfi` (train, and val when present): RITM's combined COCO+LVIS annotations
   (<split>/hannotation.pickle, <split>/masks/<id>.pickle) with the COCO 2017 images (<split>2017/<id>.jpg as
   FCFI expects, or <split>/images/<id>.jpg as in RITM). One example per annotated image, sorted by id.
+- `folder_instances` / `coco_json_instances` (splits train, val; config names `folder`, `coco_json`): your own
+  images with instance masks, or a COCO JSON (`fcfi_jax.data.own_data` documents both layouts and the
+  held-out split rule). One example per image, in name (folder) or image-id (COCO) order. Unlike the
+  official datasets they are re-scanned on every `prepare_builder` call and rebuilt when a file changed.
 - `interactive_eval` (split test; configs GrabCut, Berkeley, DAVIS, SBD, PascalVOC, COCO_MVal): the evaluation
   benchmarks read through `fcfi_jax.data.readers.get_dataset`, one example per evaluated object.
 
@@ -52,9 +56,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
-from fcfi_jax.data import readers  # noqa: E402
+from fcfi_jax.data import own_data, readers  # noqa: E402
 
-__all__ = ["SbdFcfi", "CocolvisFcfi", "InteractiveEval", "BUILDERS", "prepare_builder", "load_builder",
+__all__ = ["SbdFcfi", "CocolvisFcfi", "FolderInstances", "CocoJsonInstances", "InteractiveEval", "BUILDERS",
+           "OWN_DATA_BUILDERS", "prepare_builder", "load_builder",
            "safe_pickle_load", "UnsafePickleError", "SBD_WEIGHTS_FILE"]
 
 _log = logging.getLogger(__name__)
@@ -419,6 +424,96 @@ class CocolvisFcfi(_LocalBuilder):
         return layers, objects
 
 
+# ------------------------------------------------------------------------------------------------ own data
+
+class _OwnDataBuilder(_LocalBuilder, skip_registration=True):
+    """Common part of the folder and COCO JSON builders: a held-out val split and a source fingerprint."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    LAYOUT = ""
+    CONFIG_NAME = ""
+
+    def __init__(self, *, val_fraction: float = 0.1, **kwargs):
+        self._val_fraction = float(val_fraction)
+        super().__init__(**kwargs)
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, features=_train_features(), metadata=tfds.core.MetadataDict(), disable_shuffling=True,
+            description=f"Your own instance-segmentation data ({self.CONFIG_NAME} layout: {self.LAYOUT}).")
+
+    @classmethod
+    def fingerprint(cls, manual_dir, val_fraction: float) -> str:
+        """Changes when any file under manual_dir or the split setting changes (then the dataset is rebuilt)."""
+        cls.entries(Path(manual_dir))         # the layout errors come first, before any hashing
+        return own_data.source_fingerprint(manual_dir, [cls.__name__, str(cls.VERSION), float(val_fraction)])
+
+    @classmethod
+    def entries(cls, root: Path) -> list:
+        raise NotImplementedError
+
+    def _names(self, entries) -> tuple[list, dict]:
+        return [e[0] for e in entries], {}
+
+    def _split_generators(self, dl_manager):
+        root = Path(getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir)
+        entries = self.entries(root)
+        names, aliases = self._names(entries)
+        held = own_data.heldout_split(names, root, self._val_fraction, self.CONFIG_NAME, aliases)
+        self.info.metadata["source_fingerprint"] = self.fingerprint(root, self._val_fraction)
+        self.info.metadata["heldout"] = sorted(held)
+        splits = {"train": self._generate_examples([e for e in entries if e[0] not in held])}
+        if held:
+            splits["val"] = self._generate_examples([e for e in entries if e[0] in held])
+        return splits
+
+    def _generate_examples(self, entries):
+        for i, entry in enumerate(entries):
+            yield i, self._record(entry)
+
+
+class FolderInstances(_OwnDataBuilder):
+    """A folder of images with instance-id PNGs or per-object binary PNGs (`--config.data.builder=folder`)."""
+
+    LAYOUT = own_data.FOLDER_LAYOUT
+    CONFIG_NAME = "folder"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Expected in manual_dir: {own_data.FOLDER_LAYOUT}."
+
+    @classmethod
+    def entries(cls, root):
+        return own_data.list_folder(root, cls.CONFIG_NAME)
+
+    def _record(self, entry):
+        return own_data.folder_record(*entry, what=self.CONFIG_NAME)
+
+
+class CocoJsonInstances(_OwnDataBuilder):
+    """Images with a COCO instances JSON, polygons or RLE (`--config.data.builder=coco_json`)."""
+
+    LAYOUT = own_data.COCO_LAYOUT
+    CONFIG_NAME = "coco_json"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Expected in manual_dir: {own_data.COCO_LAYOUT}."
+
+    @classmethod
+    def entries(cls, root):
+        return own_data.list_coco(root, cls.CONFIG_NAME)
+
+    def _names(self, entries):
+        names = [e[0] for e in entries]
+        stems = [Path(n).stem for n in names]
+        aliases = {s: n for s, n in zip(stems, names) if stems.count(s) == 1}
+        return names, aliases
+
+    def _split_generators(self, dl_manager):
+        root = Path(getattr(dl_manager, "_manual_dir", None) or dl_manager.manual_dir)
+        self._json_name = own_data.coco_json_path(root, self.CONFIG_NAME).name
+        return super()._split_generators(dl_manager)
+
+    def _record(self, entry):
+        return own_data.coco_record(*entry, json_name=self._json_name, what=self.CONFIG_NAME)
+
+
 # -------------------------------------------------------------------------------------------------- evaluation
 
 EVAL_CONFIGS = ("GrabCut", "Berkeley", "DAVIS", "SBD", "PascalVOC", "COCO_MVal")
@@ -467,22 +562,36 @@ class InteractiveEval(_LocalBuilder):
 
 # ---------------------------------------------------------------------------------------------------- entry
 
-BUILDERS = {"sbd_fcfi": SbdFcfi, "cocolvis_fcfi": CocolvisFcfi, "interactive_eval": InteractiveEval}
+BUILDERS = {"sbd_fcfi": SbdFcfi, "cocolvis_fcfi": CocolvisFcfi, "folder": FolderInstances,
+            "coco_json": CocoJsonInstances, "interactive_eval": InteractiveEval}
+OWN_DATA_BUILDERS = ("folder", "coco_json")
 
 
 def prepare_builder(name: str, manual_dir, data_dir, *, config: str | None = None,
                     file_format: str = "array_record", max_examples_per_split: int | None = None,
-                    rebuild: bool = False):
+                    rebuild: bool = False, val_fraction: float = 0.1):
     """Build dataset `name` (a key of BUILDERS; `config` for interactive_eval) from `manual_dir` into
     `data_dir` if not built there yet (or again with rebuild=True), and return the builder. An already
-    prepared dataset is reused as it is (manual_dir is then not read). Never downloads anything."""
+    prepared official dataset is reused as it is (manual_dir is then not read); the own-data builders
+    (`folder`, `coco_json`; `val_fraction` of their images held out) check their folder's fingerprint
+    (file names, sizes, times) and rebuild when it changed. Never downloads anything."""
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(BUILDERS)}")
     if name == "interactive_eval" and config not in EVAL_CONFIGS:
         raise ValueError(f"interactive_eval needs config= one of {', '.join(EVAL_CONFIGS)}, got {config!r}")
     kwargs = {"config": config} if config else {}
+    if name in OWN_DATA_BUILDERS:
+        kwargs["val_fraction"] = val_fraction
     builder = BUILDERS[name](data_dir=str(data_dir), file_format=file_format, **kwargs)
-    if builder.is_prepared() and not rebuild:
+    # A version folder that does not exist yet is simply not prepared; asking TFDS would log "Variant folder ...
+    # has no dataset_info.json" on every first build.
+    prepared = builder.data_path.exists() and builder.is_prepared()
+    if name in OWN_DATA_BUILDERS:
+        # One-line layout errors (missing folder, no images, unpaired files) before TFDS is involved.
+        fingerprint = BUILDERS[name].fingerprint(manual_dir, val_fraction)
+        if prepared and (builder.info.metadata or {}).get("source_fingerprint") != fingerprint:
+            rebuild = True
+    if prepared and not rebuild:
         return builder
     manual_dir = Path(manual_dir)
     if not manual_dir.is_dir():

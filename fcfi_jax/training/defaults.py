@@ -12,13 +12,14 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(RELEASED_ARCHS[arch]))
-    c.init_from = ""          # ImageNet backbone weights; see README 'Training'
-    c.init_format = "auto"    # 'hrnet_imagenet' | 'resnet_imagenet' | 'auto' (from the file's keys)
+    c.init_from = ""          # ImageNet backbone weights, or a whole FCFI model to fine-tune (docs/training.md)
+    c.init_format = "auto"    # 'fcfi' | 'hrnet_imagenet' | 'resnet_imagenet' | 'auto' (from the file's content)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tfds"            # 'tfds' (official folders via the TFDS builders) | 'synthetic'
-    c.data.builder = "sbd_fcfi"       # 'sbd_fcfi' | 'cocolvis_fcfi'
-    c.data.manual_dir = ""            # the official dataset folder (see the builder's error for the layout)
+    c.data.source = "tfds"            # 'tfds' (dataset folders via the TFDS builders) | 'synthetic' | 'auto'
+    c.data.builder = "sbd_fcfi"       # 'sbd_fcfi' | 'cocolvis_fcfi' | 'folder' | 'coco_json' (your own images)
+    c.data.manual_dir = ""            # the dataset folder (see the builder's error for the layout)
+    c.data.val_fraction = 0.1         # folder / coco_json: share of the images held out for evaluation
     c.data.tfds_dir = ""              # or an already prepared TFDS dataset directory
     c.data.tfds_data_dir = ""         # where to prepare it (default: <workdir>/tfds)
     c.data.split = "train"
@@ -40,6 +41,10 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
     c.backbone_lr_mult = 0.1
     c.max_num_next_clicks = 3
     c.feedback_weight = 1.0
+    c.loss = ml_collections.ConfigDict()
+    # 'official': NFL on sigmoid(updated_feedback2), as released (a sigmoid applied to a probability,
+    # docs/official_quirks.md #16); 'corrected': BCE on the probability itself (docs/training.md, loss table).
+    c.loss.feedback2 = "official"
     c.compute_dtype = "float32"       # 'bfloat16' for GPU/TPU speed (BN statistics and losses stay float32)
 
     c.log_every = 50
@@ -66,7 +71,7 @@ def base_config(arch: str) -> ml_collections.ConfigDict:
 def make_local(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The ':local' variant: a small network on generated data, minutes on a laptop CPU, nothing downloaded."""
     c.model.width, c.model.ocr_width, c.model.mid_ch, c.model.small = 8, 16, 16, True
-    c.data.source = "synthetic"
+    c.data.source = "auto"            # generated data, unless data.manual_dir / data.tfds_dir names a dataset
     c.data.crop_size = (96, 128)
     c.data.synthetic_train, c.data.synthetic_val = 256, 24
     c.data.epoch_len = 0

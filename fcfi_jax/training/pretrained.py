@@ -1,4 +1,14 @@
-"""ImageNet backbone initialisation from a user-provided PyTorch file (docs/official_quirks.md #44), as the official recipe does.
+"""Initial weights for training: a whole FCFI model to fine-tune, or an ImageNet backbone.
+
+`load_init(build, path, fmt)` (what `config.init_from` / `config.init_format` select):
+- 'fcfi': a whole FCFI model: a converted directory (`fcfi_jax.convert`, or a previous run's `<workdir>/model`)
+  or an official `.pth` holding {'state_dict', 'config'} (the released checkpoints). The architecture comes
+  from the checkpoint; every tensor is loaded strictly by the converter. This is how fine-tuning starts from the
+  released weights.
+- 'auto' (default): a directory is 'fcfi'; a file with an official 'config' entry is 'fcfi'; otherwise the
+  file's keys choose between the two ImageNet formats below. The file is read once.
+
+ImageNet backbone initialisation from a user-provided PyTorch file (docs/official_quirks.md #44), as the official recipe does.
 
 - 'hrnet_imagenet': HRNet-Image-Classification weights (e.g. hrnetv2_w18_imagenet_pretrained.pth). Keys lose a
   'model.' prefix, 'last_layer' becomes 'aux_head', and every key that names a variable of the feature
@@ -42,9 +52,52 @@ def _guess_format(keys) -> str:
                           "'layer4.*' of ResNet); set config.init_format")
 
 
-def load_pretrained(model, path, fmt: str = "auto") -> dict:
-    """Overwrite the backbone of `model` (in place) with ImageNet weights; returns a report of counts."""
-    state = _flat_state_dict(load_torch_file(path), path)
+INIT_FORMATS = ("auto", "fcfi", "hrnet_imagenet", "resnet_imagenet")
+
+
+def load_init(build, path, fmt: str = "auto", seed: int = 0):
+    """(model, report) for `config.init_from`: `build()` makes the config's model, used for ImageNet files;
+    a whole FCFI checkpoint brings its own architecture (see module doc)."""
+    from pathlib import Path
+
+    from fcfi_jax.convert.torch_pickle import CheckpointError
+    if fmt not in INIT_FORMATS:
+        raise ConversionError(f"unknown init_format {fmt!r}: use one of {', '.join(INIT_FORMATS)}")
+    p = Path(path)
+    if p.is_dir():
+        if fmt not in ("auto", "fcfi"):
+            raise ConversionError(f"{path} is a directory (a converted FCFI model) but init_format={fmt!r}: use "
+                                  f"'fcfi' or 'auto'")
+        from fcfi_jax.convert.checkpoint import load_converted
+        model = load_converted(p)
+        return model, {"format": "fcfi", "loaded": len(list(model_variables(model)))}
+    if not p.is_file():
+        raise FileNotFoundError(f"init_from: no file or directory {path}")
+    obj = load_torch_file(path)
+    official = isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and obj.get("config") is not None
+    if fmt == "fcfi" or (fmt == "auto" and official):
+        if not official:
+            raise CheckpointError(f"{path} is not a whole FCFI checkpoint ({{'state_dict', 'config'}} as the official "
+                                  f"save_checkpoint writes): for ImageNet backbone weights use init_format='auto'")
+        from fcfi_jax.convert.config_schema import validate_official_config
+        from fcfi_jax.convert.mapping import load_official_state_dict
+        from fcfi_jax.models.is_model import build_model, config_from_official
+        try:
+            validate_official_config(obj["config"])
+            cfg = config_from_official(obj["config"])
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        model = build_model(cfg, seed=seed)
+        report = load_official_state_dict(model, dict(obj["state_dict"]))
+        return model, {"format": "fcfi", "loaded": report["variables"]}
+    model = build()
+    return model, load_pretrained(model, path, fmt, state=obj)
+
+
+def load_pretrained(model, path, fmt: str = "auto", state=None) -> dict:
+    """Overwrite the backbone of `model` (in place) with ImageNet weights; returns a report of counts.
+    `state`: the file's content when already read."""
+    state = _flat_state_dict(load_torch_file(path) if state is None else state, path)
     fmt = _guess_format(state) if fmt == "auto" else fmt
     family = model.cfg.family
     if fmt == "hrnet_imagenet":

@@ -32,7 +32,7 @@ from fcfi_jax.convert.torch_pickle import CheckpointError
 from fcfi_jax.models.is_model import ISModel, ModelConfig, build_model
 from fcfi_jax.progress import format_seconds
 from fcfi_jax.training.clicks import first_new_points, next_points
-from fcfi_jax.training.losses import fcfi_loss
+from fcfi_jax.training.losses import FEEDBACK2_LOSSES, fcfi_loss
 from fcfi_jax.training.optim import make_optimizer
 
 
@@ -85,7 +85,7 @@ class ModelParts:
 
 
 def make_train_step(parts: ModelParts, tx, schedule, *, max_num_next_clicks: int, feedback_weight: float,
-                    seed: int, compute_dtype=jnp.float32):
+                    seed: int, compute_dtype=jnp.float32, feedback2_loss: str = "official"):
     """The pure step function (state, batch) -> (state, metrics) (docs/official_quirks.md #19; jit it with shardings)."""
     base_key = jax.random.key(seed)
 
@@ -114,13 +114,15 @@ def make_train_step(parts: ModelParts, tx, schedule, *, max_num_next_clicks: int
             return prev, pts, new_pts
 
         carry = (jnp.zeros_like(gt), points, first_new_points(points))
-        prev, points, new_points = jax.lax.stop_gradient(jax.lax.fori_loop(0, num_clicks, simulate, carry))
+        if max_num_next_clicks > 0:   # with 0 the loop never runs: left out of the graph, it is not compiled
+            carry = jax.lax.fori_loop(0, num_clicks, simulate, carry)
+        prev, points, new_points = jax.lax.stop_gradient(carry)
         gate = jnp.where(num_clicks >= 1, 1.0, 0.0)
 
         def loss_fn(p):
             model = parts.merge(p, stats, train=True, dropout_key=k_drop)
             out = forward(model, prev, points, new_points, gate)
-            total, terms = fcfi_loss(out, gt, feedback_weight)
+            total, terms = fcfi_loss(out, gt, feedback_weight, feedback2=feedback2_loss)
             new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
             return total, (terms, out["instances"], new_stats)
 
@@ -147,13 +149,39 @@ def make_mesh() -> Mesh:
 
 
 def model_from_config(config) -> ISModel:
+    """The model to train: built from config.model, or, when config.init_from is a whole FCFI checkpoint (an
+    official .pth with its 'config', or a converted directory), that model with its own architecture, so that
+    fine-tuning starts from the released weights. ImageNet files fill the backbone only."""
+    from fcfi_jax.training.pretrained import load_init
     cfg = ModelConfig.from_dict(dict(config.model))
-    model = build_model(cfg, seed=config.seed)
-    if config.get("init_from"):
-        from fcfi_jax.training.pretrained import load_pretrained
-        report = load_pretrained(model, config.init_from, config.init_format)
+    if not config.get("init_from"):
+        return build_model(cfg, seed=config.seed)
+    model, report = load_init(lambda: build_model(cfg, seed=config.seed), config.init_from, config.init_format,
+                              seed=config.seed)
+    if report["format"] == "fcfi":
+        print(f"initialised the whole model from {config.init_from} ({report['loaded']} tensors)", flush=True)
+        if model.cfg != cfg:
+            differ = ", ".join(f"{k}={v!r}" for k, v in model.cfg.to_dict().items() if cfg.to_dict().get(k) != v)
+            print(f"  architecture from the checkpoint, not config.model: {differ}", flush=True)
+    else:
         print(f"initialised the backbone from {config.init_from}: {report}", flush=True)
     return model
+
+
+def data_source(config) -> str:
+    """'synthetic' or 'tfds'. 'auto' (the :local recipes): the dataset folder when one is given
+    (data.manual_dir or data.tfds_dir), else generated data, so `:local --config.data.builder=folder
+    --config.data.manual_dir=DIR` trains the small recipe on your images."""
+    d = config.data
+    if d.source == "auto":
+        return "tfds" if (d.manual_dir or d.tfds_dir) else "synthetic"
+    return d.source
+
+
+def own_heldout_eval(config) -> bool:
+    """Evaluation on the held-out split of the training folder (own data, no eval.root given)."""
+    from fcfi_jax.data.tfds_builders import OWN_DATA_BUILDERS
+    return data_source(config) == "tfds" and config.data.builder in OWN_DATA_BUILDERS and not config.eval.root
 
 
 def validate_config(config) -> None:
@@ -179,15 +207,27 @@ def validate_config(config) -> None:
     if config.checkpoint_every_steps < 0 or (config.checkpoint_every_steps == 0
                                              and not config.checkpoint_every_epochs > 0):
         errors.append("set checkpoint_every_steps > 0 or checkpoint_every_epochs > 0")
+    if config.loss.feedback2 not in FEEDBACK2_LOSSES:
+        errors.append(f"loss.feedback2={config.loss.feedback2!r} must be one of {', '.join(FEEDBACK2_LOSSES)} "
+                      "(official: the released objective; corrected: BCE on the feedback-2 probability)")
     if config.compute_dtype not in ("float32", "bfloat16"):
         errors.append(f"compute_dtype={config.compute_dtype!r} must be 'float32' or 'bfloat16'")
     if config.num_epochs <= 0 and config.get("total_steps", 0) <= 0:
         errors.append("set num_epochs > 0 or total_steps > 0")
-    if config.data.source not in ("synthetic", "tfds"):
-        errors.append(f"data.source={config.data.source!r} must be 'synthetic' or 'tfds'")
+    if config.data.source not in ("synthetic", "tfds", "auto"):
+        errors.append(f"data.source={config.data.source!r} must be 'synthetic', 'tfds' or 'auto'")
     if config.data.source == "tfds" and not (config.data.manual_dir or config.data.tfds_dir):
         errors.append("data.source='tfds' needs data.manual_dir (the official dataset folder) or data.tfds_dir "
                       "(an already prepared TFDS directory); see README 'Training'")
+    from fcfi_jax.data.tfds_builders import BUILDERS
+    if data_source(config) == "tfds" and not config.data.tfds_dir and (
+            config.data.builder not in BUILDERS or config.data.builder == "interactive_eval"):
+        known = ", ".join(b for b in BUILDERS if b != "interactive_eval")
+        errors.append(f"data.builder={config.data.builder!r} must be one of {known} (folder / coco_json: your "
+                      f"own images, docs/training.md 'Train on your own images')")
+    if not 0 <= config.data.val_fraction < 1:
+        errors.append(f"data.val_fraction={config.data.val_fraction} must be in [0, 1) (share of your images held "
+                      "out for evaluation)")
     try:
         ModelConfig.from_dict(dict(config.model))
     except (TypeError, ValueError) as e:
@@ -204,7 +244,7 @@ def prepare_data(config, workdir: Path):
     tfds.disable_progress_bar()
     d = config.data
     tfds_dir = Path(d.tfds_data_dir or workdir / "tfds")
-    if d.source == "synthetic":
+    if data_source(config) == "synthetic":
         from fcfi_jax.data.synthetic import prepare_synthetic_sbd
         root = Path(d.synthetic_root or workdir / "synthetic_sbd")
         builder = prepare_synthetic_sbd(root, tfds_dir, num_train=d.synthetic_train, num_val=d.synthetic_val,
@@ -212,23 +252,28 @@ def prepare_data(config, workdir: Path):
         return builder, root
     if d.tfds_dir:
         return tfds_builders.load_builder(d.tfds_dir), None
-    builder = tfds_builders.prepare_builder(d.builder, d.manual_dir, tfds_dir)
+    kwargs = {"val_fraction": d.val_fraction} if d.builder in tfds_builders.OWN_DATA_BUILDERS else {}
+    builder = tfds_builders.prepare_builder(d.builder, d.manual_dir, tfds_dir, **kwargs)
     return builder, Path(d.manual_dir)
 
 
 class Evaluator:
     """Periodic NoC evaluation through the evaluation code (host-side predictor, exact protocol)."""
 
-    def __init__(self, config, parts: ModelParts, synthetic_root):
+    def __init__(self, config, parts: ModelParts, synthetic_root, builder=None):
         from fcfi_jax.data.readers import get_dataset
         from fcfi_jax.inference.predictor import Predictor
         from fcfi_jax.inference.runner import CanvasRunner
         e = config.eval
-        root = e.root or synthetic_root
-        if root is None:
-            raise SetupError("eval.root is empty: set it to the evaluation dataset folder, or eval.every_steps=0")
-        kwargs = {"split": e.split} if e.dataset.lower() in ("sbd", "pascalvoc") else {}
-        self.dataset = get_dataset(e.dataset, root, **kwargs)
+        if own_heldout_eval(config) and builder is not None:
+            from fcfi_jax.data.own_data import heldout_eval_dataset
+            self.dataset = heldout_eval_dataset(builder, "val")
+        else:
+            root = e.root or synthetic_root
+            if root is None:
+                raise SetupError("eval.root is empty: set it to the evaluation dataset folder, or eval.every_steps=0")
+            kwargs = {"split": e.split} if e.dataset.lower() in ("sbd", "pascalvoc") else {}
+            self.dataset = get_dataset(e.dataset, root, **kwargs)
         self.indices = list(range(min(len(self.dataset), e.max_samples or len(self.dataset))))
         self.parts, self.n_clicks = parts, e.n_clicks
         model = parts.merge(nnx.to_pure_dict(parts.params_tpl), nnx.to_pure_dict(parts.stats_tpl), train=False)
@@ -280,7 +325,7 @@ def train_and_evaluate(config, workdir) -> dict:
     try:
         model = model_from_config(config)
         builder, data_root = prepare_data(config, workdir)
-    except (ValueError, OSError, CheckpointError) as e:
+    except (ValueError, OSError, CheckpointError, ImportError) as e:
         raise SetupError(str(e)) from e
     parts = ModelParts(model)
     _, info = make_train_dataset(builder, config.data.split, tuple(config.data.crop_size), config.batch_size,
@@ -323,13 +368,14 @@ def train_and_evaluate(config, workdir) -> dict:
     batches = ds.as_numpy_iterator()
     dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
     step_fn = make_train_step(parts, tx, schedule, max_num_next_clicks=config.max_num_next_clicks,
-                              feedback_weight=config.feedback_weight, seed=config.seed, compute_dtype=dtype)
+                              feedback_weight=config.feedback_weight, seed=config.seed, compute_dtype=dtype,
+                              feedback2_loss=config.loss.feedback2)
     train_step = jax.jit(step_fn, in_shardings=(replicated, batch_sharding), out_shardings=(replicated, replicated),
                          donate_argnums=(0,))
     evaluator = None
     if config.eval.every_steps or config.eval.at_start or config.eval.at_end:
         try:
-            evaluator = Evaluator(config, parts, data_root if config.data.source == "synthetic" else None)
+            evaluator = Evaluator(config, parts, data_root if data_source(config) == "synthetic" else None, builder)
         except (ValueError, OSError) as e:
             raise SetupError(f"evaluation set-up: {e}") from e
 
