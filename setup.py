@@ -77,8 +77,8 @@ setup(
     version="0.1.0",
     description="FCFI (CVPR 2023) interactive segmentation in JAX/Flax NNX, with official checkpoint conversion",
     packages=find_packages(include=["fcfi_jax", "fcfi_jax.*"]),
-    # the demo page; the direct 3x3 CPU kernel's source (compiled on first use, see fcfi_jax/models/direct_conv.py)
-    package_data={"fcfi_jax.demo": ["static/*.html", "static/*.js", "static/*.css"], "fcfi_jax.models": ["*.cc"]},
+    # the demo page; the direct 3x3 CPU kernel's source (compiled on first use, see fcfi_jax/ops/direct_conv.py)
+    package_data={"fcfi_jax.demo": ["static/*.html", "static/*.js", "static/*.css"], "fcfi_jax.ops": ["*.cc"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -31,7 +31,11 @@ import warnings
 import cv2
 import numpy as np
 
+from fcfi_jax.inference.defaults import INTERACTIVE_CANVAS_STEP
+
 DEFAULT_NET_SIDE = 1024
+OFFICIAL_DEMO_ZOOM_IN = (720, 3.0)   # the official demo's zoom-in (target size, expansion ratio)
+OFFICIAL_DEMO_ZOOM_IN_ARG = "{},{}".format(*OFFICIAL_DEMO_ZOOM_IN)   # as --zoom-in spells it: 720,3.0
 MAX_IMAGE_PIXELS = 1 << 28          # 268 Mpx (16384^2): 0.8 GB as uint8 RGB, the image's own size
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")   # lossless: a mask must stay 0/255
 
@@ -64,41 +68,45 @@ def overlay(image, mask, clicks, color=(255, 64, 64), alpha=0.5):
     return out
 
 
-def add_predictor_args(parser):
-    """Predictor options shared by the click-replay CLI and the demo server (`fcfi_jax.demo`)."""
+def add_predictor_args(parser, *, zoom_in: str | None = OFFICIAL_DEMO_ZOOM_IN_ARG,
+                       canvas_step: int = INTERACTIVE_CANVAS_STEP, dtype: bool = True):
+    """The predictor options of every CLI that runs a predictor (predict, evaluate, the demo, annotate), checked
+    by `check_predictor_args`. zoom_in None: no default zoom-in (evaluate's per-dataset one); dtype: add --dtype."""
     parser.add_argument("--no-zoom-in", action="store_true")
-    parser.add_argument("--zoom-in", default="720,3.0", metavar="TARGET,EXPANSION")
-    parser.add_argument("--no-flip", action="store_true")
-    parser.add_argument("--canvas-step", type=int, default=128, help="0 = exact shapes")
-
-
-def add_dtype_arg(parser):
-    """--dtype of predict and evaluate: float64 runs network and predictor in float64 (docs/parity.md)."""
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
-                        help="float64: parameters, image, network and probabilities in float64 (slower; for "
-                             "checking against the official code run in float64)")
+    parser.add_argument("--zoom-in", default=zoom_in, metavar="TARGET,EXPANSION",
+                        help="override the per-dataset zoom-in" if zoom_in is None
+                        else "zoom-in target size and expansion ratio (default %(default)s)")
+    parser.add_argument("--no-flip", action="store_true", help="disable flip TTA (on in the official test scripts)")
+    parser.add_argument("--canvas-step", type=int, default=canvas_step,
+                        help="canvas bucket size in pixels (at most one compilation per canvas; a rare size runs on "
+                             "a larger compiled canvas); 0 = exact shapes (default %(default)s)")
+    if dtype:
+        parser.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                            help="float64: parameters, image, network and probabilities in float64 (slower; for "
+                                 "checking against the official code run in float64)")
 
 
 def check_predictor_args(args):
-    """ValueError with the fix for predictor options no run can use (shared with the demo server)."""
+    """The zoom-in the options of `add_predictor_args` ask for: (target, expansion), or None (--no-zoom-in, or no
+    --zoom-in where it has no default). ValueError with the fix for a value no run can use."""
     if not 0 <= args.canvas_step <= 4096:
-        raise ValueError(f"--canvas-step must be 0 (exact shapes) or a canvas step in pixels up to 4096 "
-                         f"(default 128), got {args.canvas_step}")
-    parse_zoom_in(args)
-
-
-def parse_zoom_in(args):
-    """None with --no-zoom-in, else (target, expansion) from --zoom-in; ValueError with a clear message."""
-    if args.no_zoom_in:
+        raise ValueError(f"--canvas-step must be 0 (exact shapes) or a canvas step in pixels up to 4096, "
+                         f"got {args.canvas_step}")
+    if args.no_zoom_in or args.zoom_in is None:
         return None
+    return parse_zoom_in(args.zoom_in)
+
+
+def parse_zoom_in(text: str) -> tuple[int, float]:
+    """--zoom-in TARGET,EXPANSION -> (target, expansion); ValueError with the fix for a value no run can use."""
     try:
-        t, e = args.zoom_in.split(",")
+        t, e = text.split(",")
         t, e = int(t), float(e)
     except ValueError:
-        raise ValueError(f"--zoom-in expects TARGET,EXPANSION (e.g. 720,3.0), got {args.zoom_in!r}") from None
+        raise ValueError(f"--zoom-in expects TARGET,EXPANSION (e.g. {OFFICIAL_DEMO_ZOOM_IN_ARG}), got {text!r}") from None
     if not (32 <= t <= 4096 and math.isfinite(e) and 0 < e <= 100):
         raise ValueError(f"--zoom-in TARGET must be in [32, 4096] and EXPANSION a number in (0, 100] "
-                         f"(official: 720,3.0), got {args.zoom_in!r}")
+                         f"(official: {OFFICIAL_DEMO_ZOOM_IN_ARG}), got {text!r}")
     return t, e
 
 
@@ -188,7 +196,6 @@ def main(argv=None):
     p.add_argument("--save-probs", help="probabilities after the last click, (H, W) .npy in --dtype (float32 by default)")
     p.add_argument("--save-overlay", help="image with mask and clicks drawn, PNG")
     p.add_argument("--per-click-dir", help="write the mask after every click here")
-    add_dtype_arg(p)
     p.add_argument("--max-net-side", type=int, default=DEFAULT_NET_SIDE,
                    help="longest image side the network sees; larger images are downscaled for it and the "
                         "results scaled back (bounds memory)")
@@ -202,8 +209,7 @@ def main(argv=None):
     # ---- everything that can be checked before computing ----------------------------------------------
     try:
         clicks = parse_clicks(args.clicks)
-        check_predictor_args(args)
-        zoom = parse_zoom_in(args)
+        zoom = check_predictor_args(args)
         if not 32 <= args.max_net_side <= 8192:
             raise ValueError(f"--max-net-side must be in [32, 8192], got {args.max_net_side}")
         protect = (args.image, args.checkpoint)

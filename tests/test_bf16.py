@@ -26,7 +26,7 @@ def test_bfloat16_forward_error_is_bounded(fixtures_dir):
 
     @functools.partial(jax.jit, static_argnums=4)
     def logits(state, x, p, n, dt):
-        return nnx.merge(graphdef, state)(x.astype(dt), p, n, 1.0, is_training=False)["instances"].astype(jnp.float32)
+        return nnx.merge(graphdef, state)(x.astype(dt), p, n, 1.0)["instances"].astype(jnp.float32)
 
     rgb = golden["image_rgb"] / np.float32(255)
     x = jnp.asarray(np.concatenate([rgb, golden["click2_pred_probs"][..., None]], -1)[None], jnp.float32)

@@ -255,7 +255,8 @@ def test_pipeline_shapes_clicks_and_determinism(sbd_builder):
 
 
 def test_pipeline_host_sharding_and_global_batch(sbd_builder):
-    from fcfi_jax.data.pipeline import make_train_dataset, to_global_batch
+    from fcfi_jax.data.pipeline import make_train_dataset
+    from fcfi_jax.distributed import to_global_batch
     kw = dict(crop_size=(32, 32), batch_size=4, seed=1, train=False, num_epochs=1, num_parallel_calls=2)
     whole = take(make_train_dataset(sbd_builder, "val", **kw), 1)[0]
     parts = [take(make_train_dataset(sbd_builder, "val", process_index=i, process_count=2, **kw), 1)[0]

@@ -40,7 +40,7 @@ def _ffcm(seed=0):
 
 def _run(m, windowed, images, enc, feats, fb, pts, geom):
     m.windowed = windowed
-    out, _ = m(images, enc, feats, fb, pts, is_training=False, geom=geom)
+    out, _ = m(images, enc, feats, fb, pts, soft_box=False, geom=geom)
     return np.asarray(out)
 
 

@@ -18,6 +18,7 @@ import pytest
 from conftest import write_r101_checkpoint
 from flax import nnx
 
+from fcfi_jax import ops
 from fcfi_jax.convert.checkpoint import convert_official
 from fcfi_jax.convert.mapping import official_key, to_torch_layout
 from fcfi_jax.models.is_model import cast_model
@@ -72,8 +73,12 @@ def test_canvas_runner_matches_official_float64(x64, fixtures_dir):
     assert max(errors.values()) <= FORWARD_ATOL, report
 
 
+KERNELS = {"reference": ops.REFERENCE, "cpu": ops.cpu_kernels(direct_conv=False)}  # the direct kernel is float32
+
+
+@pytest.mark.parametrize("kernels", sorted(KERNELS))
 @pytest.mark.parametrize("arch", ["hrnet18s", "r101"])
-def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch):
+def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch, kernels):
     if arch == "hrnet18s":
         model = _model64(fixtures_dir / "hrnet18s_random.pth")
         outputs = ["instances", "instances_aux", "updated_feedback1", "updated_feedback2"]
@@ -82,7 +87,7 @@ def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch):
         outputs = ["instances", "updated_feedback1", "updated_feedback2"]
     golden = np.load(fixtures_dir / f"golden_{arch}_crop333x417.npz")
     ref = np.load(fixtures_dir / "golden_float64_forward.npz")
-    fwd = nnx.jit(lambda m, x, p, n, g: m(x, p, n, g, is_training=False))
+    fwd = nnx.jit(lambda m, x, p, n, g: ops.use_kernels(m, KERNELS[kernels])(x, p, n, g))
     errors = _replay(golden, ref, arch, outputs,
                      lambda x, p, n, g: fwd(model, jnp.asarray(x), jnp.asarray(p), jnp.asarray(n), jnp.float64(g)))
     report = ", ".join(f"{k} {v:.1e}" for k, v in errors.items())
@@ -90,16 +95,18 @@ def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch):
     assert max(errors.values()) <= FORWARD_ATOL, report
 
 
+@pytest.mark.parametrize("kernels", sorted(KERNELS))
 @pytest.mark.parametrize("case", ["A", "B"])
-def test_train_step_matches_official_float64(x64, fixtures_dir, case):
+def test_train_step_matches_official_float64(x64, fixtures_dir, case, kernels):
     z32 = np.load(fixtures_dir / "golden_train_step_hrnet18s.npz")  # the inputs
     z = np.load(fixtures_dir / "golden_train_step_float64_hrnet18s.npz")
     model = _model64(fixtures_dir / "hrnet18s_random.pth")
     model.train()
     model.feature_extractor.ocr_distri_head.dropout.eval()  # the reference ran with dropout off
+    ops.use_kernels(model, KERNELS[kernels])
 
     def loss_fn(m, x, p, n, g, gt):
-        out = m(x, p, n, g, is_training=True)
+        out = m(x, p, n, g, soft_box=True)
         total, terms = fcfi_loss(out, gt, FEEDBACK_WEIGHT)
         return total, (terms, out)
 

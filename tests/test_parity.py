@@ -7,8 +7,9 @@ Tolerances. The goldens are float32 results of a deep network with random weight
 BatchNorm statistics that amplify rounding: the official code run in float64 differs from them by up to
 3.3e-4 (HRNet) and 2.3e-3 (ResNet-101) on logits, so float32 parity cannot be tighter than that noise
 (tests/test_float64_parity.py proves the port against the float64 references at 1e-8). The bounds below are
-about twice the largest errors measured on this project's CPU over all the cases of this file (XLA and
-direct-kernel paths, exact size and canvas), per output; the click encodings must be bit-exact.
+about twice the largest errors measured on this project's CPU over all the cases of this file (the reference
+layers and the CPU kernels of `fcfi_jax.ops`, exact size and canvas), per output; the click encodings must be
+bit-exact.
 """
 
 import jax
@@ -18,6 +19,7 @@ import pytest
 from conftest import write_r101_checkpoint
 from flax import nnx
 
+from fcfi_jax import ops
 from fcfi_jax.convert.checkpoint import convert_official
 
 # (max abs, mean abs) per output. Measured maxima: HRNet instances 7.7e-4 / 2.4e-4, instances_aux 5.0e-4 /
@@ -29,15 +31,9 @@ TOL_R101 = {"instances": (1e-2, 1e-3), "updated_feedback1": (1.75e-3, 3.5e-5),
             "updated_feedback2": (1.25e-3, 1.5e-4), "gauss_dist_maps": (0.0, 0.0)}
 
 
-def _forward(direct_conv: bool = False):
-    """The jitted forward; direct_conv traces it in `direct_conv.inference_scope()` (the predictor's CPU path)."""
-    from fcfi_jax.models import direct_conv as dc
-
-    def fwd(m, x, p, n, g):
-        with dc.inference_scope(direct_conv):
-            return m(x, p, n, g, is_training=False)
-
-    return nnx.jit(fwd)
+def _forward(kernels=ops.REFERENCE):
+    """The jitted forward with `kernels` (`ops.cpu_kernels()`: the predictor's CPU path)."""
+    return nnx.jit(lambda m, x, p, n, g: ops.use_kernels(m, kernels)(x, p, n, g))
 
 
 def run_golden(model, golden, fwd, outputs):
@@ -73,15 +69,18 @@ def hrnet18s(fixtures_dir):
     return model
 
 
-@pytest.mark.parametrize("which,direct", [("native", False), ("crop333x417", False), ("native", True)])
-def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which, direct):
-    """direct=True: with the direct 3x3 CPU kernel (fcfi_jax/models/direct_conv.py), where it is available."""
-    from fcfi_jax.models import direct_conv
+@pytest.mark.parametrize("which,cpu", [("native", False), ("crop333x417", False), ("native", True),
+                                       ("crop333x417", True)])
+def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which, cpu):
+    """cpu=True: with the CPU kernels (`ops.cpu_kernels()`, fcfi_jax/ops/), the direct 3x3 kernel included."""
+    from fcfi_jax.ops import direct_conv
 
-    if direct and not direct_conv.available():
+    if cpu and not direct_conv.available():
         pytest.skip("direct CPU convolution kernel not available here (no C++ compiler or not on CPU)")
+    kernels = ops.cpu_kernels() if cpu else ops.REFERENCE
+    direct = kernels.conv is not None
     golden = np.load(fixtures_dir / f"golden_hrnet18s_{which}.npz")
-    errors = run_golden(hrnet18s, golden, _forward(direct),
+    errors = run_golden(hrnet18s, golden, _forward(kernels),
                         ["instances", "instances_aux", "updated_feedback1", "updated_feedback2", "gauss_dist_maps"])
     check(errors, TOL_HRNET)
     # The program really calls the kernel when it is on (and never when it is off): count its custom calls.
@@ -90,20 +89,20 @@ def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which, direct):
     graphdef, state = nnx.split(hrnet18s)
 
     def fwd(state, x, p, n):
-        with direct_conv.inference_scope(direct):
-            return nnx.merge(graphdef, state)(x, p, n, 1.0, is_training=False)["instances"]
+        return ops.use_kernels(nnx.merge(graphdef, state), kernels)(x, p, n, 1.0)["instances"]
 
     calls = jax.jit(fwd).lower(state, x, p, n).as_text().count(direct_conv._TARGET)
     assert (calls >= 100) if direct else (calls == 0), f"{calls} direct-kernel calls in the program"
 
 
-def test_r101_matches_official(fixtures_dir, tmp_path):
+@pytest.mark.parametrize("cpu", [False, True])
+def test_r101_matches_official(fixtures_dir, tmp_path, cpu):
     path = write_r101_checkpoint(fixtures_dir, tmp_path / "r101.pth")
     model, report = convert_official(path)
     path.unlink()
     assert report["parameters"] == 58_540_599  # trainable parameters of the official ResNet-101
     golden = np.load(fixtures_dir / "golden_r101_crop333x417.npz")
-    check(run_golden(model, golden, _forward(),
+    check(run_golden(model, golden, _forward(ops.cpu_kernels() if cpu else ops.REFERENCE),
                      ["instances", "updated_feedback1", "updated_feedback2", "gauss_dist_maps"]), TOL_R101)
 
 

@@ -25,7 +25,10 @@ def test_replay_matches_official_predictor(fixtures_dir, data_dir, tmp_path):
     probs = np.load(tmp_path / "probs.npy")
     ref = golden["click3_pred_probs"]
     assert probs.shape == ref.shape and probs.dtype == np.float32
-    assert float(np.abs(probs - ref).max()) < 1e-4  # probabilities: logit noise (<1e-3) shrinks under the sigmoid
+    # Probabilities: both sides carry float32 noise. Measured against the float64 predictor: the official float32
+    # reference 4.4e-5, ours 8.2e-5 with the CPU kernels (6.2e-5 with XLA's convolutions); ours against the
+    # reference 1.02e-4 (9.1e-5). Bound: about twice that.
+    assert float(np.abs(probs - ref).max()) < 2e-4
     mask = cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_GRAYSCALE) > 127
     assert (mask != (ref > 0.49)).sum() <= 5  # pixels within rounding of the threshold may flip
     for k in (1, 2):

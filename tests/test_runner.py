@@ -126,24 +126,25 @@ def test_smaller_size_rents_a_compiled_canvas_until_its_waste_pays_a_compilation
 
 def test_host_level_masks_serve_the_down2_chain_only():
     """`canvas_level_masks` are the valid regions of the canvas levels (ceil halving, as the strided convs), and
-    inside `canvas_cache(hw, masks)` they are what `valid_mask` returns for hw, down2(hw), ... and nothing else."""
+    a `Canvas(hw, masks)` returns them from `valid_mask` for itself, its down2, ... and nothing else."""
     import jax.numpy as jnp
 
-    from fcfi_jax.models.layers import canvas_cache, canvas_level_masks, down2, valid_mask
+    from fcfi_jax.models.layers import Canvas, canvas_level_masks, down2, valid_mask
 
     masks = canvas_level_masks((128, 96), (101, 95), levels=4)
     assert [m.shape for m in masks] == [(128, 96, 1), (64, 48, 1), (32, 24, 1), (16, 12, 1)]
     for m, (h, w) in zip(masks, [(101, 95), (51, 48), (26, 24), (13, 12)]):
         assert m.dtype == np.bool_ and m.sum() == h * w and m[h - 1, w - 1, 0] and not m[h:].any() and not m[:, w:].any()
     hw = jnp.asarray([101, 95], jnp.int32)
-    with canvas_cache(hw, masks):
-        level = hw
-        for m in masks:
-            assert valid_mask(m.shape[:2], level, jnp.bool_) is m
-            np.testing.assert_array_equal(valid_mask(m.shape[:2], level, jnp.float32), m.astype(np.float32))
-            level = down2(level)
-        other = jnp.asarray([101, 95], jnp.int32)  # same values, not the registered array: built, not looked up
-        built = valid_mask((128, 96), other, jnp.bool_)
-        assert built is not masks[0]
-        np.testing.assert_array_equal(built, masks[0])
-    assert valid_mask((128, 96), hw, jnp.bool_) is not masks[0]  # the cache lives for one forward
+    canvas = Canvas(hw, masks)
+    level = canvas
+    for m in masks:
+        assert valid_mask(m.shape[:2], level, jnp.bool_) is m
+        np.testing.assert_array_equal(valid_mask(m.shape[:2], level, jnp.float32), m.astype(np.float32))
+        assert down2(level) is down2(level)  # memoized
+        level = down2(level)
+    other = Canvas(jnp.asarray([101, 95], jnp.int32))  # same values, no masks given: built, not looked up
+    built = valid_mask((128, 96), other, jnp.bool_)
+    assert built is not masks[0]
+    np.testing.assert_array_equal(built, masks[0])
+    assert valid_mask((128, 96), hw, jnp.bool_) is not masks[0]  # a plain array: built every time

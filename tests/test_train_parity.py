@@ -32,7 +32,7 @@ BN_ATOL = 1e-4
 @pytest.fixture(scope="module")
 def grad_fn():
     def loss_fn(m, x, p, n, g, gt):
-        out = m(x, p, n, g, is_training=True)
+        out = m(x, p, n, g, soft_box=True)
         total, terms = fcfi_loss(out, gt, FEEDBACK_WEIGHT)
         return total, (terms, out)
 

@@ -14,6 +14,7 @@
                                                                         # artifact sizes (needs the export extra)
     python tools/benchmark.py --what forward,eval --models hrnet18s --eval-images 15 \
         --official /path/to/FCFI                                          # + the official code, same hour
+    python tools/benchmark.py --what forward --models r101 --sizes 480x640 --official /path/to/FCFI
 
 Every timing is taken after warm-up (compilation excluded) with the device synchronised; the table shows
 the median and the spread (min..max). FLOPs come from XLA's cost analysis of the compiled program. The
@@ -31,6 +32,8 @@ import platform
 import statistics
 import sys
 import time
+
+from bench_inputs import DATA_ROOT, checkout_error, real_input
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -73,12 +76,9 @@ def _timeit(fn, repeats):
 
 
 def _released(name):
-    from fcfi_jax.models.is_model import build_model
+    from fcfi_jax.models.is_model import RELEASED_ARCHS, build_model
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from model_summary import KNOWN
-
-    return build_model(KNOWN[name])
+    return build_model(RELEASED_ARCHS[name])
 
 
 def _opts():
@@ -87,45 +87,23 @@ def _opts():
     return compiler_options()
 
 
-def _real_input(data_root, h, w, batch):
-    """A GrabCut photo resized to h x w with a click at the object's centre (random pixels without data)."""
-    import cv2
-    import numpy as np
-
-    try:
-        from fcfi_jax.data.readers import get_dataset
-
-        s = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))[0]
-        img = cv2.resize(s.image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
-        gt = cv2.resize((s.gt == 1).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-        ys, xs = np.nonzero(gt)
-        cy, cx = int(ys.mean()), int(xs.mean())
-    except (OSError, ValueError, IndexError):
-        img = np.random.default_rng(0).random((h, w, 3), dtype=np.float32)
-        cy, cx = h // 2, w // 2
-    x = np.concatenate([img, np.zeros((h, w, 1), np.float32)], -1)[None].repeat(batch, 0)
-    pts = np.full((batch, 48, 3), -1, np.float32)
-    pts[:, 0] = (cy, cx, 0)
-    new = np.asarray([[[cy, cx, 1]]] * batch, np.int32)
-    return x, pts, new
-
-
 def forward_row(model, name, size, batch, repeats, dtype, data_root="."):
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from fcfi_jax.models import direct_conv
+    from fcfi_jax import ops
 
     h, w = size
-    x, pts, new = (jnp.asarray(a) for a in _real_input(data_root, h, w, batch))
+    x, pts, new = (jnp.asarray(a) for a in real_input(data_root, h, w, batch))
     graphdef, state = nnx.split(model)
+    kernels = ops.for_backend()  # what the predictor's runner uses: on CPU the direct conv kernel and XLA:CPU forms
 
     def program(dt):
-        def f(s, x):  # the predictor's inference forward (direct 3x3 kernel on CPU, models/direct_conv.py)
-            with direct_conv.inference_scope():
-                return nnx.merge(graphdef, s)(x.astype(dt), pts, new, 1.0, is_training=False)["instances"]
+        def f(s, x):
+            m = ops.use_kernels(nnx.merge(graphdef, s), kernels)
+            return m(x.astype(dt), pts, new, 1.0)["instances"]
 
         return jax.jit(f, compiler_options=_opts()).lower(state, x).compile()
 
@@ -157,8 +135,9 @@ def _grabcut_480x640(data_root):
 
 
 def _flops(compiled):
-    """XLA's FLOP count plus the direct 3x3 convolutions' (custom calls, which XLA counts as 0)."""
-    from fcfi_jax.models.direct_conv import hlo_flops
+    """XLA's FLOP count plus the direct conv kernel's (custom calls, which XLA counts as 0), counted as XLA counts
+    convolutions (a Winograd layer as the convolution it computes)."""
+    from fcfi_jax.ops.direct_conv import hlo_flops
 
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -198,22 +177,19 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
 
     t = _timeit(first, repeats)
     rows = [row("click_first_flip", t, pred.net_input_shape, set())]
-    # A second click inside a zoom ROI: with the ground truth as the previous mask, the ROI is the object's
-    # box expanded 3x (clamped to the image), and the network input is that ROI scaled to 700 on its long side.
-    pred.reset()
-    pred.add_click(y, x, True)
+    # A second click inside a zoom ROI: the predictor's step (`get_prediction`, what `add_click` runs) with the
+    # ground truth as the previous mask and as the ZoomIn's stored map, so the ROI is the object's box expanded
+    # 3x (clamped to the image) and the network input that ROI scaled to 700 on its long side.
     gt = (sample.gt == 1).astype(np.float32)
-    pred._probs = gt
-    pred.zoom.prev_probs = gt
+    clicks = [(y, x, True), (y, x, True)]
 
     def zoomed():
-        pred.add_click(y, x, True)
-        pred.undo()
+        pred.zoom.set_state((None, gt, None))  # every call starts from the same ZoomIn state
+        pred.get_prediction(clicks, gt, 1.0)
 
     before = set(runner.canvases)
-    pred.add_click(y, x, True)
-    shape = pred.net_input_shape  # undo restores the previous click's shape
-    pred.undo()
+    zoomed()
+    shape = pred.net_input_shape
     rows.append(row("click_zoom_flip", _timeit(zoomed, repeats), shape, before))
     return rows
 
@@ -237,7 +213,7 @@ def onnx_rows(model, size, n_clicks, data_root, canvas_step, threads=0):
     from fcfi_jax.inference.runner import CanvasRunner
 
     h, w = size
-    x, _, _ = _real_input(data_root, h, w, 1)
+    x, _, _ = real_input(data_root, h, w, 1)
     image = np.clip(np.rint(x[0, :, :, :3] * 255), 0, 255).astype(np.uint8)
     # clicks spread over the image, alternating positive and negative after the first
     rng = np.random.default_rng(0)
@@ -391,13 +367,16 @@ def official_rows(args, what, rows):
     import subprocess
     import tempfile
 
+    names = args.models.split(",")
     parts = sorted(what & {"forward", "eval"})
+    if "eval" in parts and "hrnet18s" not in names:
+        parts.remove("eval")
     if not parts:
         return []
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "official.json")
         cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "time_official.py"),
-               "--official", args.official, "--what", ",".join(parts), "--sizes", args.sizes,
+               "--official", args.official, "--what", ",".join(parts), "--models", args.models, "--sizes", args.sizes,
                "--repeats", str(args.repeats), "--eval-images", str(args.eval_images), "--data-root", args.data_root,
                "--output", out] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
         rc = subprocess.run(cmd).returncode
@@ -411,13 +390,14 @@ def official_rows(args, what, rows):
         o = {k: v for k, v in o.items() if k != "per_image"}
         result.append(o)
         for r in rows:
-            if o["bench"] == "official_forward" and r["bench"] == "forward" and r["model"] == "hrnet18s" \
+            if o["bench"] == "official_forward" and r["bench"] == "forward" and r["model"] == o["model"] \
                     and r["input"] == o["input"] and r["dtype"] == "float32":
-                result.append({"bench": "vs_official", "what": f"forward {o['input']}",
+                result.append({"bench": "vs_official", "model": o["model"], "what": f"forward {o['input']}",
                                "ours_s": r["median_s"], "official_s": o["median_s"],
                                "ours_over_official": r["median_s"] / o["median_s"]})
             if o["bench"] == "official_eval_grabcut" and r["bench"] == "eval_grabcut" and r["images"] == o["images"]:
-                result.append({"bench": "vs_official", "what": f"GrabCut evaluation, {o['images']} images x 20 clicks",
+                result.append({"bench": "vs_official", "model": "hrnet18s",
+                               "what": f"GrabCut evaluation, {o['images']} images x 20 clicks",
                                "ours_s": r["total_s"], "official_s": o["total_s"],
                                "ours_over_official": r["total_s"] / o["total_s"]})
     return result
@@ -446,20 +426,14 @@ def main(argv=None):
                    help="JAX persistent compilation cache for the eval row (a second run loads, not compiles)")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="FRACTION",
                    help="before each timed run wait (<= 30 s) until this fraction of the CPUs is idle")
-    p.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    p.add_argument("--data-root", default=DATA_ROOT)
     p.add_argument("--official", default=None, metavar="FCFI_CHECKOUT",
-                   help="also time the official PyTorch code (tools/time_official.py) on the same forward sizes "
-                        "and evaluation images, right after this run, and print the ratios")
+                   help="also time the official PyTorch code (tools/time_official.py) on the same models, forward "
+                        "sizes and evaluation images, right after this run, and print the ratios")
     p.add_argument("--output", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     import jax
 
-    if args.official:
-        from time_official import checkout_error
-
-        error = checkout_error(args.official)
-        if error:
-            p.error(error)
     _IDLE["threshold"] = args.wait_idle
     what = set(args.what.split(","))
     unknown = what - {"forward", "click", "eval", "train", "lockstep", "onnx"}
@@ -469,6 +443,10 @@ def main(argv=None):
     for name in names:
         if name not in MODELS:
             p.error(f"unknown model {name!r}; choose from {MODELS}")
+    if args.official:
+        error = checkout_error(args.official, names)
+        if error:
+            p.error(error)
     models = {}
     if what & {"forward", "click", "eval", "lockstep", "onnx"}:
         for name in names:
@@ -544,7 +522,8 @@ def main(argv=None):
                   f"{r['clicks']} clicks, max |prob diff| {r['max_abs_prob_diff']:.2g}{sizes}")
         elif r["bench"] == "vs_official":
             print(f"{'vs official':17s} {r['what']}: ours {r['ours_s']:.3f}s, official {r['official_s']:.3f}s, "
-                  f"ours / official {r['ours_over_official']:.2f} ({1 / r['ours_over_official']:.2f}x faster)")
+                  f"ours / official {r['ours_over_official']:.2f} ({1 / r['ours_over_official']:.2f}x faster), "
+                  f"{r['model']}")
         elif r["bench"] == "lockstep_grabcut":
             print(f"{'lockstep eval':17s} {'hrnet18s':9s} {str(r['images']) + ' images':12s} {'float32':8s} "
                   f"batch {r['batch']} on {r['devices']} device(s): {r['steady_clicks_per_s']:.3f} clicks/s "

@@ -84,13 +84,12 @@ def main(argv=None):
         return fail("--size is for --what network; the click step serves every image up to --canvas H,W")
     zoom = None
     if step and not args.no_zoom_in:
+        from fcfi_jax.predict import parse_zoom_in  # no jax import yet
+
         try:
-            t, e = args.zoom_in.split(",")
-            zoom = (int(t), float(e))
-        except ValueError:
-            return fail(f"--zoom-in expects TARGET,EXPANSION (e.g. 720,3.0), got {args.zoom_in!r}")
-        if not (32 <= zoom[0] <= 4096 and 0 < zoom[1] <= 100):
-            return fail(f"--zoom-in TARGET must be in [32, 4096] and EXPANSION in (0, 100], got {args.zoom_in!r}")
+            zoom = parse_zoom_in(args.zoom_in)
+        except ValueError as e:
+            return fail(str(e))
     if args.dtype != "float32":
         return fail(f"--dtype {args.dtype} is not supported: only float32 artifacts are exported")
     if args.max_clicks < 1:

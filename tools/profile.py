@@ -2,6 +2,7 @@
 
     python tools/profile.py --model hrnet18s --size 480x640 --top 30
     python tools/profile.py --what click --top 30            # the network call of a zoom-in + flip click (2x525x700)
+    python tools/profile.py --model r101 --size 480x640 --kernels reference   # XLA's convolutions everywhere
 
 Runs the program under `jax.profiler.trace`, sums the device-side events of every HLO instruction over the
 profiled runs and prints the slowest ones with what they compute (read from the optimized HLO: the
@@ -53,6 +54,13 @@ def _describe(name, instrs, comps):
     if name not in instrs:
         return "other", ""
     shape, op, called, line = instrs[name]
+    if op == "custom-call" and 'custom_call_target="fcfi_direct_conv"' in line:
+        dims = re.findall(r"f32\[([\d,]+)\]", line)  # the output, then the operands (x, w, ...)
+        attrs = dict(re.findall(r"(\w+) = (\d+) : i64", line))
+        k = dims[2].split(",")[0] if len(dims) > 2 else "?"
+        return "direct conv", (f"direct conv{k}x{k} stride {attrs.get('stride', '?')} dilation "
+                               f"{attrs.get('dilation', '1')} [{dims[1] if len(dims) > 1 else '?'}] -> [{dims[0]}]"
+                               + (" +residual" if attrs.get("has_residual") == "1" else ""))
     body = comps.get(called, []) if called else []
     convs, dots = [], []
     for b in body:
@@ -141,6 +149,9 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--canvas-step", type=int, default=16, help="canvas bucket of the click program (0: exact shape)")
     p.add_argument("--dump", default=None, help="write the optimized HLO text here")
+    p.add_argument("--kernels", default="backend", choices=["backend", "reference"],
+                   help="forward: this backend's kernels (`fcfi_jax.ops.for_backend()`, what the predictor uses) or "
+                        "the reference layers (XLA's convolutions everywhere)")
     args = p.parse_args(argv)
 
     import jax
@@ -148,14 +159,11 @@ def main(argv=None):
     import numpy as np
     from flax import nnx
 
-    from fcfi_jax.models import direct_conv
-    from fcfi_jax.models.is_model import build_model
+    from fcfi_jax import ops
+    from fcfi_jax.models.is_model import RELEASED_ARCHS, build_model
     from fcfi_jax.xla_options import compiler_options
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from model_summary import KNOWN  # the released architectures
-
-    model = build_model(KNOWN[args.model])
+    model = build_model(RELEASED_ARCHS[args.model])
     h, w = (int(v) for v in args.size.split("x"))
     if args.what == "forward":
         b = args.batch
@@ -164,9 +172,11 @@ def main(argv=None):
         new = jnp.asarray([[[h // 2, w // 2, 1]]] * b, jnp.int32)
         graphdef, state = nnx.split(model)
         dt = jnp.dtype(args.dtype)
-        def forward(s, x):  # the predictor's inference forward (direct 3x3 kernel on CPU, models/direct_conv.py)
-            with direct_conv.inference_scope():
-                return nnx.merge(graphdef, s)(x.astype(dt), pts, new, 1.0, is_training=False)["instances"]
+        kernels = ops.for_backend() if args.kernels == "backend" else ops.REFERENCE
+
+        def forward(s, x):  # the predictor's inference forward (on CPU: the direct conv kernel, fcfi_jax/ops/)
+            m = ops.use_kernels(nnx.merge(graphdef, s), kernels)
+            return m(x.astype(dt), pts, new, 1.0)["instances"]
 
         f = jax.jit(forward, compiler_options=compiler_options())
         compiled = f.lower(state, x).compile()

@@ -1,6 +1,7 @@
 """Time the official PyTorch FCFI code on this machine, to compare with tools/benchmark.py in the same hour.
 
     python tools/time_official.py --official /path/to/FCFI --what forward --sizes 480x640
+    python tools/time_official.py --official /path/to/FCFI --what forward --models r101 --sizes 480x640
     python tools/time_official.py --official /path/to/FCFI --what eval --eval-images 15 \\
         --checkpoint ../shared/fixtures/hrnet18s_random.pth
     python tools/benchmark.py --what forward,eval --models hrnet18s --official /path/to/FCFI   # both, in turn
@@ -8,10 +9,12 @@
 The speed of a shared or virtual machine drifts by tens of percent from one hour to the next, so a ratio
 against official timings taken on another day says little; this runs the official code now. It needs a
 checkout of the official repository (github.com/veizgyauzgyauz/FCFI; not shipped with this project) and
-PyTorch (in the test extra). Rows:
+PyTorch (in the test extra). Models: hrnet18s (`--checkpoint`, default the fixtures' hrnet18s_random.pth) and
+r101 (`--r101-checkpoint`, default the fixtures' r101_config.json with the official initialisation: the
+speed does not depend on the weights). Rows:
 - forward: the official `model.forward` (eval mode, no grad) on the same input as benchmark.py's forward
-  row, median of `--repeats` after warm-up;
-- eval: the official predictor (NoBRS, flip, the GrabCut zoom-in: target 700, expansion 3.0) and the
+  row, median of `--repeats` after warm-up, per model and size;
+- eval (hrnet18s): the official predictor (NoBRS, flip, the GrabCut zoom-in: target 700, expansion 3.0) and the
   official `evaluate_sample` (20 clicks, threshold 0.49) on the first N GrabCut images, as read by this
   project's reader; total wall time and the IoU after every click.
 
@@ -30,7 +33,10 @@ import sys
 import time
 import types
 
+from bench_inputs import DATA_ROOT, FIXTURES, OFFICIAL_REPO, checkout_error, real_input
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+MODELS = ("hrnet18s", "r101")
 
 
 def _compat(official: str):
@@ -70,20 +76,22 @@ def _compat(official: str):
     sys.path.insert(0, official)
 
 
-def checkout_error(path: str) -> str | None:
-    """Why `path` is not a checkout of the official code, or None."""
-    if not os.path.isfile(os.path.join(path, "isegm", "model", "is_hrnet_model.py")):
-        return (f"--official {path}: not a checkout of the official FCFI code (no isegm/model/is_hrnet_model.py "
-                "there); clone github.com/veizgyauzgyauz/FCFI and pass its root folder")
-    return None
+def load_official(name, checkpoint):
+    """The official model `name` in eval mode: from `checkpoint` (an official .pth), or for r101 without one
+    from the fixtures' config with the official initialisation."""
+    from isegm.inference.utils import load_is_model
+
+    if checkpoint is None and name == "r101":
+        with open(os.path.join(FIXTURES, "r101_config.json")) as f:
+            return load_is_model({"config": json.load(f), "state_dict": {}}, "cpu")
+    return load_is_model(checkpoint, "cpu")
 
 
-def forward_row(model, size, repeats, data_root):
+def forward_row(model, name, size, repeats, data_root):
     import torch
-    from benchmark import _real_input
 
     h, w = size
-    x, pts, new = _real_input(data_root, h, w, 1)
+    x, pts, new = real_input(data_root, h, w, 1)
     x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     pts, new = torch.from_numpy(pts), torch.from_numpy(new.astype("int64"))
     times = []
@@ -93,7 +101,7 @@ def forward_row(model, size, repeats, data_root):
             model(x, pts, new, 1.0, is_training=False)
             if i:  # the first run is the warm-up
                 times.append(time.perf_counter() - t0)
-    return {"bench": "official_forward", "model": "hrnet18s", "input": f"1x{h}x{w}", "dtype": "float32",
+    return {"bench": "official_forward", "model": name, "input": f"1x{h}x{w}", "dtype": "float32",
             "median_s": statistics.median(times),
             "min_s": min(times), "max_s": max(times), "n": repeats}
 
@@ -124,28 +132,38 @@ def eval_row(model, n_images, data_root):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--official", required=True, help="checkout of github.com/veizgyauzgyauz/FCFI (its root folder)")
-    p.add_argument("--what", default="forward", help="comma list of forward, eval")
+    p.add_argument("--official", required=True, help=f"checkout of {OFFICIAL_REPO} (its root folder)")
+    p.add_argument("--what", default="forward", help="comma list of forward, eval (eval: hrnet18s only)")
+    p.add_argument("--models", default="hrnet18s", help=f"comma list of {', '.join(MODELS)} (the forward rows)")
     p.add_argument("--checkpoint", default=None,
                    help="official HRNet18s .pth (default: ../shared/fixtures/hrnet18s_random.pth)")
+    p.add_argument("--r101-checkpoint", default=None,
+                   help="official ResNet-101 .pth (default: ../shared/fixtures/r101_config.json, official init)")
     p.add_argument("--sizes", default="480x640")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--eval-images", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (the official measurements: 2)")
-    p.add_argument("--data-root", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    p.add_argument("--data-root", default=DATA_ROOT)
     p.add_argument("--output", default=None, help="JSON file for the rows")
     args = p.parse_args(argv)
     what = set(args.what.split(","))
     if what - {"forward", "eval"}:
         p.error(f"unknown --what {sorted(what - {'forward', 'eval'})}; choose from forward, eval")
+    names = args.models.split(",")
+    if set(names) - set(MODELS):
+        p.error(f"unknown --models {sorted(set(names) - set(MODELS))}; choose from {', '.join(MODELS)}")
+    if "eval" in what and "hrnet18s" not in names:
+        names.append("hrnet18s")
     official = os.path.abspath(args.official)
-    error = checkout_error(official)
+    error = checkout_error(official, names)
     if error:
         p.error(error)
-    ckpt = args.checkpoint or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures",
-                                           "hrnet18s_random.pth")
-    if not os.path.isfile(ckpt):
-        p.error(f"--checkpoint {ckpt}: no such file; pass an official HRNet18s .pth")
+    checkpoints = {"hrnet18s": args.checkpoint or os.path.join(FIXTURES, "hrnet18s_random.pth"),
+                   "r101": args.r101_checkpoint}
+    for name in names:
+        if checkpoints[name] is not None and not os.path.isfile(checkpoints[name]):
+            p.error(f"--{'checkpoint' if name == 'hrnet18s' else 'r101-checkpoint'} {checkpoints[name]}: no such file; "
+                    f"pass an official {name} .pth")
     try:
         import torch
     except ImportError:
@@ -153,16 +171,16 @@ def main(argv=None):
 
     _compat(official)
     torch.set_num_threads(args.threads)
-    from isegm.inference.utils import load_is_model
-
-    model = load_is_model(ckpt, "cpu")
+    models = {name: load_official(name, checkpoints[name]) for name in names}
     rows = []
     if "forward" in what:
-        for s in args.sizes.split(","):
-            rows.append(forward_row(model, tuple(int(v) for v in s.split("x")), args.repeats, args.data_root))
-            print(json.dumps(rows[-1]), flush=True)
+        for name in args.models.split(","):
+            for s in args.sizes.split(","):
+                rows.append(forward_row(models[name], name, tuple(int(v) for v in s.split("x")), args.repeats,
+                                        args.data_root))
+                print(json.dumps(rows[-1]), flush=True)
     if "eval" in what:
-        rows.append(eval_row(model, args.eval_images, args.data_root))
+        rows.append(eval_row(models["hrnet18s"], args.eval_images, args.data_root))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_image"}), flush=True)
     if args.output:
         with open(args.output, "w") as f:

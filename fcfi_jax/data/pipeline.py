@@ -3,7 +3,7 @@
     builder = tfds_builders.prepare_builder("sbd_fcfi", manual_dir, data_dir)
     ds = make_train_dataset(builder, "train", crop_size=(320, 480), batch_size=24, seed=0)
     for batch in ds.as_numpy_iterator():  # images (B,H,W,3) f32 in [0,1], points (B,48,3), instances (B,H,W,1)
-        batch = to_global_batch(batch)    # jax.Arrays sharded over the 'data' axis of all devices
+        batch = distributed.to_global_batch(batch)   # jax.Arrays sharded over the 'data' axis of all devices
 
 Stream layout. Element (epoch e, position p) of the global stream is fully determined by (seed, e, p):
 - the image index comes from a per-epoch draw with np.random.default_rng([seed, 0, e]): weighted with
@@ -14,7 +14,7 @@ Stream layout. Element (epoch e, position p) of the global stream is fully deter
   np.random.default_rng([seed, 1, e, p]).
 Each epoch has steps_per_epoch = epoch_len // batch_size global batches (drop_last); position p = step * B + j.
 With several hosts, host i computes the slots j in [i * B/n, (i+1) * B/n) of every global batch, so the global
-batch, assembled with `to_global_batch` (jax.make_array_from_process_local_data), does not depend on the
+batch, assembled with `fcfi_jax.distributed.to_global_batch`, does not depend on the
 number of hosts. The per-element work runs in a parallel, order-preserving `map` (tf.numpy_function), so the
 stream is identical from run to run given the seed. `start_epoch` resumes at an epoch boundary.
 
@@ -40,11 +40,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
+from fcfi_jax import distributed  # noqa: E402
 from fcfi_jax.data.augment import Augmenter, InstanceSample, augment_sample  # noqa: E402
 from fcfi_jax.data.sampler import MultiPointSampler  # noqa: E402
 from fcfi_jax.data.tfds_builders import load_builder  # noqa: E402
 
-__all__ = ["make_train_dataset", "to_global_batch", "data_sharding", "record_to_sample", "SampleLoader", "PRESETS"]
+__all__ = ["make_train_dataset", "record_to_sample", "SampleLoader", "PRESETS"]
 
 
 def _configure_tf():
@@ -200,10 +201,7 @@ def make_train_dataset(builder_or_dir, split: str = "train", crop_size=(320, 480
 
     import jax
     process_index = jax.process_index() if process_index is None else int(process_index)
-    process_count = jax.process_count() if process_count is None else int(process_count)
-    if batch_size % process_count:
-        raise ValueError(f"global batch_size {batch_size} is not divisible by {process_count} processes")
-    local_bs = batch_size // process_count
+    local_bs = distributed.per_process_batch(batch_size, process_count)
 
     source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
     num_examples = len(source)
@@ -251,16 +249,3 @@ def make_train_dataset(builder_or_dir, split: str = "train", crop_size=(320, 480
                 local_batch_size=local_bs, weighted=scores is not None, train=train)
     return ds, info
 
-
-def data_sharding():
-    """NamedSharding splitting the leading (batch) axis over all devices of all hosts (mesh axis 'data')."""
-    import jax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-    return NamedSharding(Mesh(np.asarray(jax.devices()), ("data",)), PartitionSpec("data"))
-
-
-def to_global_batch(batch: dict, sharding=None) -> dict:
-    """Host-local numpy batch -> global jax.Arrays (jax.make_array_from_process_local_data per entry)."""
-    import jax
-    sharding = data_sharding() if sharding is None else sharding
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

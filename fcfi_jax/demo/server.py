@@ -106,7 +106,7 @@ from fcfi_jax.demo.objects import (
     read_labels,
 )
 from fcfi_jax.inference.predictor import Predictor
-from fcfi_jax.predict import fit_side
+from fcfi_jax.predict import OFFICIAL_DEMO_ZOOM_IN, fit_side
 
 STATIC_DIR = pathlib.Path(__file__).resolve().with_name("static")
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP"}   # PIL format name -> shown name
@@ -258,7 +258,7 @@ class DemoApp:
     defaults of a new session; project: a `fcfi_jax.annotate.Project` (an image folder saved to a COCO file).
     """
 
-    def __init__(self, runner, *, zoom_in=(720, 3.0), with_flip=True, max_upload_bytes=20 << 20,
+    def __init__(self, runner, *, zoom_in=OFFICIAL_DEMO_ZOOM_IN, with_flip=True, max_upload_bytes=20 << 20,
                  max_side=4096, max_sessions=8, max_net_side=DEFAULT_NET_SIDE, max_undo=DEFAULT_MAX_UNDO,
                  allowed_hosts=(), labels=None, labels_source="--labels", allow_overlap=False,
                  auto_negatives=False, max_objects=DEFAULT_MAX_OBJECTS, project=None):
@@ -892,7 +892,7 @@ def build_parser(prog: str = "fcfi_jax.demo", description: str = "Click-to-segme
     p.add_argument("--checkpoint", help="official .pth or converted directory (required)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
-    add_predictor_args(p)
+    add_predictor_args(p, dtype=False)
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload")
     p.add_argument("--max-side", type=int, default=4096, help="largest accepted image side in pixels")
     p.add_argument("--max-sessions", type=int, default=8, help="live sessions kept (least recently used evicted)")
@@ -919,15 +919,14 @@ def check_args(args) -> str | None:
     `args.label_list`. Nothing heavy is imported or loaded here."""
     import os
 
-    from fcfi_jax.predict import check_predictor_args, parse_zoom_in
+    from fcfi_jax.predict import check_predictor_args
 
     if not args.checkpoint:
         return "--checkpoint is required: an official FCFI .pth or a directory written by tools/convert.py"
     if not os.path.exists(args.checkpoint):
         return f"checkpoint not found: {args.checkpoint}"
     try:
-        args.zoom = parse_zoom_in(args)
-        check_predictor_args(args)
+        args.zoom = check_predictor_args(args)
     except ValueError as e:
         return str(e)
     for name in ("max_upload_mb", "max_side", "max_sessions", "max_net_side"):

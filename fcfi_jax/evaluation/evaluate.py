@@ -27,6 +27,7 @@ import numpy as np
 
 from fcfi_jax.evaluation.clicker import Clicker
 from fcfi_jax.evaluation.metrics import compute_noc_metrics, iou
+from fcfi_jax.inference.defaults import EVAL_CANVAS_STEP
 from fcfi_jax.progress import Progress
 
 # Official per-dataset zoom-in (target size, expansion ratio), configs/val/*.yml (docs/official_quirks.md #30).
@@ -139,7 +140,7 @@ def write_reports(results: list[dict], out_dir) -> None:
     plt.close(fig)
 
 
-def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, canvas_step=16, runner=None,
+def build_predictor(model, dataset: str, zoom_in="official", with_flip=True, canvas_step=EVAL_CANVAS_STEP, runner=None,
                     dtype="float32"):
     """Predictor with the official settings for `dataset` (zoom_in: 'official', None or (target, ratio)).
 
@@ -167,23 +168,17 @@ def main(argv=None):
                    help="explicit folder of one dataset (repeatable)")
     p.add_argument("--output", required=True, help="results folder")
     p.add_argument("--n-clicks", type=int, default=20)
-    p.add_argument("--no-flip", action="store_true", help="disable flip TTA (on in the official test scripts)")
-    p.add_argument("--no-zoom-in", action="store_true")
-    p.add_argument("--zoom-in", default=None, metavar="TARGET,EXPANSION", help="override the per-dataset zoom-in")
     p.add_argument("--every", type=int, default=1, help="evaluate every k-th sample (quick runs)")
     p.add_argument("--limit", type=int, default=None, help="at most this many samples per dataset")
-    p.add_argument("--canvas-step", type=int, default=16,
-                   help="canvas bucket size in pixels (at most one compilation per canvas; a rare size runs on "
-                        "a larger compiled canvas); 0 = exact shapes")
     p.add_argument("--batch", type=int, default=None,
                    help="evaluate N samples in lockstep, clicker and predictor in one compiled device program, the "
                         "batch sharded over all devices (fcfi_jax/evaluation/lockstep.py); default: one sample at "
                         "a time with the host predictor")
     p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
     from fcfi_jax import distributed
-    from fcfi_jax.predict import add_dtype_arg, check_output_dir, parse_zoom_in
+    from fcfi_jax.predict import add_predictor_args, check_output_dir, check_predictor_args
 
-    add_dtype_arg(p)
+    add_predictor_args(p, zoom_in=None, canvas_step=EVAL_CANVAS_STEP)
     distributed.add_distributed_args(p.add_argument_group(
         "several processes (multi-host, with --batch only; process 0 writes the reports)"))
     args = p.parse_args(argv)
@@ -197,10 +192,10 @@ def main(argv=None):
             p.error(f"--dataset-dir expects NAME=PATH, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k.strip().lower()] = v
-    zoom = None if args.no_zoom_in else "official"
     try:
-        if args.zoom_in and not args.no_zoom_in:
-            zoom = parse_zoom_in(args)
+        zoom = check_predictor_args(args)
+        if zoom is None and not args.no_zoom_in:   # no --zoom-in: the official one of each dataset
+            zoom = "official"
         if not multi or args.process_id in (None, 0):   # a process told it is not process 0 writes nothing
             check_output_dir(args.output, "--output")
     except ValueError as e:
@@ -215,8 +210,6 @@ def main(argv=None):
         p.error(f"--every must be >= 1 (1 = every sample), got {args.every}")
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit must be >= 1, got {args.limit}")
-    if not 0 <= args.canvas_step <= 4096:
-        p.error(f"--canvas-step must be 0 (exact shapes) or a step in pixels up to 4096, got {args.canvas_step}")
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     datasets = []
     for name in names:  # open every dataset first: a missing folder fails before any compute
@@ -293,11 +286,11 @@ def _evaluate_lockstep(model, datasets, zoom, args):
     for ds in datasets:
         z = zoom_in_for(model.cfg.family, ds.name) if zoom == "official" else zoom
         ev = LockstepEvaluator(model, zoom_in=z, with_flip=not args.no_flip, batch=args.batch,
-                               canvas_step=args.canvas_step or 16)
+                               canvas_step=args.canvas_step or EVAL_CANVAS_STEP)
         idx = list(range(0, len(ds), args.every))[:args.limit]
         r = ev.evaluate(ds, args.n_clicks, idx)
         r["protocol"] = {"checkpoint": str(args.checkpoint), "zoom_in": z and list(z), "with_flip": not args.no_flip,
-                         "n_clicks": args.n_clicks, "pred_thr": 0.49, "canvas_step": args.canvas_step or 16,
+                         "n_clicks": args.n_clicks, "pred_thr": 0.49, "canvas_step": args.canvas_step or EVAL_CANVAS_STEP,
                          "compilations": ev.compile_count, "calls_on_a_larger_canvas": 0,
                          "batch": ev.batch, "devices": ev.mesh.devices.size}
         results.append(r)

@@ -4,7 +4,7 @@ The official protocol (isegm/inference/evaluation.py evaluate_sample) always run
 sample with no early stop, so N samples can advance together: one compiled program does, for every sample of
 the batch at once, the official next click (`device_clicker.next_click`) and the predictor step
 (`click_step.click_step`), and returns the IoU counts. The batch axis is sharded over a 1-D
-`jax.sharding.Mesh` of all devices named `data` (NamedSharding; the weights are replicated), so the devices
+`jax.sharding.Mesh` of all devices named `data` (fcfi_jax/distributed.py; the weights are replicated), so the devices
 each run their share of the samples. The session state stays on the device between clicks; the clicks, ROIs
 and IoU counts of all n_clicks steps are fetched once per batch.
 
@@ -31,21 +31,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fcfi_jax import ops
+from fcfi_jax.distributed import data_mesh, data_shardings
 from fcfi_jax.evaluation.device_clicker import clicker_inputs, next_click
 from fcfi_jax.evaluation.metrics import _ratio, compute_noc_metrics
 from fcfi_jax.inference.click_step import StepConfig, click_step, init_state, make_tables, model_net
+from fcfi_jax.inference.defaults import EVAL_CANVAS_STEP
 from fcfi_jax.inference.runner import canvas_size
 from fcfi_jax.progress import Progress
 
-__all__ = ["LockstepEvaluator", "data_mesh"]
-
-
-def data_mesh(devices=None) -> Mesh:
-    """1-D mesh named `data` over all devices (every process's, for a multi-host job)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), ("data",))
+__all__ = ["LockstepEvaluator"]
 
 
 class LockstepEvaluator:
@@ -54,8 +50,8 @@ class LockstepEvaluator:
     zoom_in: (target, expansion) or None; batch: samples per step (rounded up to a multiple of the devices).
     """
 
-    def __init__(self, model, zoom_in=None, with_flip=True, batch=8, canvas_step=16, mesh=None, dtype=jnp.float32,
-                 prob_thresh=0.49):
+    def __init__(self, model, zoom_in=None, with_flip=True, batch=8, canvas_step=EVAL_CANVAS_STEP, mesh=None,
+                 dtype=jnp.float32, prob_thresh=0.49):
         from flax import nnx
 
         if int(batch) < 1:
@@ -65,14 +61,13 @@ class LockstepEvaluator:
         self.batch = -(-int(batch) // ndev) * ndev
         self.zoom_in = tuple(zoom_in) if zoom_in is not None else None
         self.with_flip = with_flip
-        self.canvas_step = canvas_step or 16
+        self.canvas_step = canvas_step or EVAL_CANVAS_STEP   # no exact-shape mode: one canvas per dataset
         self.dtype = dtype
         self.prob_thresh = prob_thresh
         self.ffcm_ratio = model.feature_extractor.correction_module.expan_ratio
         graphdef, state = nnx.split(model)
-        self._net = model_net(graphdef)
-        self._rep = NamedSharding(self.mesh, P())
-        self._shard = NamedSharding(self.mesh, P("data"))
+        self._net = model_net(graphdef, ops.for_backend(direct_conv=False))  # the kernel has no batching rule
+        self._rep, self._shard = data_shardings(self.mesh)
         self.params = self._replicate(state)
         # The batch rows that this process's devices hold (all of them with one process), in the order
         # make_array_from_process_local_data expects its local data: by the start of each device's slice.

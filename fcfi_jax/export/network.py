@@ -11,12 +11,12 @@ integers and nothing else: the FFCM box half sizes come from a table made on the
 Python float64 rule (an in-graph float32 `e * h / 2 + 0.5` could round the other way at a .5 boundary), and
 the valid-region masks of the resolution levels are built by the model from `valid_hw`.
 
-The forward is traced outside `direct_conv.inference_scope()`: the direct 3x3 kernel is a custom call into a
-library compiled for this machine, which no other runtime could execute.
+The forward is traced with `ops.portable_kernels()`: without the direct 3x3 CPU kernel (a custom call into a
+library compiled for this machine, which no other runtime could execute), and with the FFCM window and the
+ResNet max pool in forms that ONNX holds (`fcfi_jax/ops/portable.py`).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import jax
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fcfi_jax.models import direct_conv, fcfi_modules, layers, resnet
+from fcfi_jax import ops
 from fcfi_jax.models.fcfi_modules import ffcm_half_size
 
 INPUTS = ("image", "points", "new_points", "gate", "valid_hw")
@@ -82,53 +82,6 @@ def half_size_table(model, n: int) -> np.ndarray:
     return np.asarray([ffcm_half_size(e, k, k) for k in range(n + 1)], np.int32)
 
 
-def _crop_unrolled(x, sy, sx, win):
-    """`fcfi_modules._crop` with the batch unrolled (B <= 2 here): one plain dynamic slice per example."""
-    zero = jnp.zeros((), sy.dtype)  # a literal 0 would be int64 under jax_enable_x64 (float64 runs)
-    return jnp.stack([jax.lax.dynamic_slice(x[b], (sy[b], sx[b], zero), (win[0], win[1], x.shape[-1]))
-                      for b in range(x.shape[0])])
-
-
-def _paste_unrolled(x, patch, sy, sx):
-    """`fcfi_modules._paste` with the batch unrolled: one plain dynamic update slice per example."""
-    zero = jnp.zeros((), sy.dtype)
-    return jnp.stack([jax.lax.dynamic_update_slice(x[b], patch[b], (sy[b], sx[b], zero)) for b in range(x.shape[0])])
-
-
-def _max_pool_unrolled(x, hw=None):
-    """`resnet.max_pool_3x3_s2` as the max of nine strided slices of the -inf padded input (the same values).
-
-    jax2onnx lowers the NHWC reduce_window to an ONNX MaxPool that onnxruntime rejects ("Unsupported pooling
-    size"); slices, Pad and Max are plain ONNX operations."""
-    if hw is not None:
-        x = jnp.where(layers.valid_mask(x.shape[1:3], hw, jnp.bool_), x, -jnp.inf)
-    p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-    oh, ow = (x.shape[1] - 1) // 2 + 1, (x.shape[2] - 1) // 2 + 1
-    y = None
-    for dy in range(3):
-        for dx in range(3):
-            s = p[:, dy:dy + 2 * oh - 1:2, dx:dx + 2 * ow - 1:2]
-            y = s if y is None else jnp.maximum(y, s)
-    return layers.apply_mask(y, layers.down2(hw))
-
-
-@contextlib.contextmanager
-def portable_ops():
-    """Trace the FFCM window crop/paste without vmap and the ResNet stem's max pool as slices.
-
-    Under vmap a dynamic (update) slice becomes a batched gather/scatter; ONNX has no such scatter (jax2onnx:
-    "scatter pattern not supported in plugins") while a per-example DynamicUpdateSlice maps onto ONNX Slice
-    and ScatterND. The results are the same elements, copied; only the traced program differs. For the max
-    pool see `_max_pool_unrolled`.
-    """
-    saved = fcfi_modules._crop, fcfi_modules._paste, resnet.max_pool_3x3_s2
-    fcfi_modules._crop, fcfi_modules._paste, resnet.max_pool_3x3_s2 = _crop_unrolled, _paste_unrolled, _max_pool_unrolled
-    try:
-        yield
-    finally:
-        fcfi_modules._crop, fcfi_modules._paste, resnet.max_pool_3x3_s2 = saved
-
-
 def network_function(model, spec: ExportSpec):
     """f(*inputs) -> (instances, updated_feedback1, updated_feedback2), each (B, H, W, 1) float32 (see module doc).
 
@@ -139,9 +92,8 @@ def network_function(model, spec: ExportSpec):
     canvas_hw = np.asarray([spec.height, spec.width], np.int32)
 
     def call(image, points, new_points, gate, canvas):
-        m = nnx.merge(graphdef, state)
-        with direct_conv.inference_scope(False), portable_ops():
-            out = m(image, points, new_points, gate, is_training=False, canvas=canvas)
+        m = ops.use_kernels(nnx.merge(graphdef, state), ops.portable_kernels())
+        out = m(image, points, new_points, gate, canvas=canvas)
         return tuple(out[k].astype(jnp.float32) for k in OUTPUTS)
 
     if spec.exact:

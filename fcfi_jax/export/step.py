@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fcfi_jax.export.network import portable_ops
+from fcfi_jax import ops
 from fcfi_jax.inference.click_step import ClickState
 
 # ClickState's fields, in its order: the names of the state inputs (prefixed state_) and outputs (new_state_).
@@ -109,16 +109,15 @@ def step_function(model, spec: StepSpec):
     cfg = spec.config()
     graphdef, params = nnx.split(model)
     tables = make_tables(cfg, model.feature_extractor.correction_module.expan_ratio)
-    net = model_net(graphdef, use_direct_conv=False)  # XLA's convolutions: no machine-specific custom call
+    net = model_net(graphdef, ops.portable_kernels())  # no machine-specific custom call
 
     def f(image, hw, click, *state):
-        with portable_ops():
-            hw = jnp.clip(hw.astype(jnp.int32), 1, jnp.asarray([spec.height, spec.width], jnp.int32))
-            # The step reads the image as given: zero the canvas outside the true size (a caller who reuses a
-            # canvas without clearing it still gets the exact-size result).
-            inside = (jnp.arange(spec.height)[:, None] < hw[0]) & (jnp.arange(spec.width)[None, :] < hw[1])
-            image = jnp.where(inside[..., None], image, 0.0)
-            new, probs, mask = click_step(net, cfg, params, tables, image, hw, ClickState(*state), click)
+        hw = jnp.clip(hw.astype(jnp.int32), 1, jnp.asarray([spec.height, spec.width], jnp.int32))
+        # The step reads the image as given: zero the canvas outside the true size (a caller who reuses a
+        # canvas without clearing it still gets the exact-size result).
+        inside = (jnp.arange(spec.height)[:, None] < hw[0]) & (jnp.arange(spec.width)[None, :] < hw[1])
+        image = jnp.where(inside[..., None], image, 0.0)
+        new, probs, mask = click_step(net, cfg, params, tables, image, hw, ClickState(*state), click)
         return _distinct((probs, mask, *new), (image, hw, click, *state))
 
     return f
@@ -148,7 +147,7 @@ def reference_step(model, spec: StepSpec):
     cfg = spec.config()
     graphdef, params = nnx.split(model)
     tables = make_tables(cfg, model.feature_extractor.correction_module.expan_ratio)
-    net = model_net(graphdef)
+    net = model_net(graphdef, ops.for_backend(direct_conv=False))
     step = jax.jit(lambda p, t, i, hw, s, c: click_step(net, cfg, p, t, i, hw, s, c))
     return lambda image, hw, click, state: step(params, tables, image, hw, state, click)
 

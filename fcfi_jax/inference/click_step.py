@@ -321,16 +321,16 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
     return new_state, probs, mask
 
 
-def model_net(graphdef, use_direct_conv=False):
-    """`net` for `click_step` from an nnx graphdef: params = the model's nnx.State (canvas-mode forward)."""
+def model_net(graphdef, kernels):
+    """`net` for `click_step` from an nnx graphdef: params = the model's nnx.State (canvas-mode forward),
+    `kernels` an `ops.Kernels`."""
     from flax import nnx
 
-    from fcfi_jax.models import direct_conv
+    from fcfi_jax import ops
 
     def net(params, x, points, new_points, gate, geometry):
-        m = nnx.merge(graphdef, params)
-        with direct_conv.inference_scope(use_direct_conv):
-            o = m(x, points, new_points, gate, is_training=False, canvas=geometry)
+        m = ops.use_kernels(nnx.merge(graphdef, params), kernels)
+        o = m(x, points, new_points, gate, canvas=geometry)
         return {k: o[k] for k in ("instances", "updated_feedback1", "updated_feedback2")}
 
     return net

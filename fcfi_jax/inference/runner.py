@@ -3,7 +3,7 @@
 Zoom-in changes the network input size from click to click. `CanvasRunner` pads every input into
 the top-left corner of a zero canvas (sizes rounded up to `step`) and passes the true size as a
 traced value, with the valid-region masks of its resolution levels computed here on the host (they make the
-compilation faster: see `layers.canvas_cache`); the model keeps everything outside the valid region at zero
+compilation faster: see `layers.Canvas`); the model keeps everything outside the valid region at zero
 after every layer, so the result equals the exact-size forward (see `ISModel.__call__(canvas=...)`). Compilations are
 bounded by the number of distinct canvases; the click count never recompiles (points are
 bucketed by the predictor). A portrait input runs transposed on the landscape canvas, with every
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fcfi_jax.models import direct_conv
+from fcfi_jax import ops
+from fcfi_jax.inference.defaults import INTERACTIVE_CANVAS_STEP
 from fcfi_jax.models.layers import accum_dtype, canvas_level_masks
 
 
@@ -75,12 +76,14 @@ class CanvasRunner:
     compile_cost_mpx: what one compilation costs, in millions of pixels forwarded (batch elements counted);
     a size keeps running on a larger compiled canvas until the pixels it wasted there exceed this. None picks
     the backend's default (`default_compile_cost_mpx`), 0 always compiles the size's own canvas.
+    kernels: the `fcfi_jax.ops.Kernels` of the forwards (default `ops.for_backend()`: the CPU forms and the direct
+    3x3 kernel on CPU, the reference layers on GPU/TPU).
     """
 
     OUTPUTS = ("instances", "updated_feedback1", "updated_feedback2")
 
-    def __init__(self, model, step: int | None = 128, dtype=jnp.float32, transpose_portrait: bool = True,
-                 compile_cost_mpx: float | None = None, use_direct_conv: bool = True):
+    def __init__(self, model, step: int | None = INTERACTIVE_CANVAS_STEP, dtype=jnp.float32, transpose_portrait: bool = True,
+                 compile_cost_mpx: float | None = None, kernels: ops.Kernels | None = None):
         self.model = model
         self.step = step
         self.dtype = dtype
@@ -89,7 +92,7 @@ class CanvasRunner:
         self.in_dtype = np.float64 if jnp.dtype(dtype) == jnp.float64 else np.float32
         self.transpose_portrait = transpose_portrait and step is not None
         self.compile_cost_mpx = default_compile_cost_mpx() if compile_cost_mpx is None else compile_cost_mpx
-        self.use_direct_conv = use_direct_conv  # CPU: the direct 3x3 kernel (models/direct_conv.py) where it applies
+        self.kernels = ops.for_backend() if kernels is None else kernels  # resolved once, here
         self.graphdef, state = nnx.split(model)
         self._treedef = jax.tree.structure(state)
         self.state = state  # also sets the flat weights the compiled forward takes
@@ -103,16 +106,13 @@ class CanvasRunner:
         # The forwards take the weights as a flat list of arrays: flattening the nnx.State (~1,600
         # Variables) on every call cost ~7 ms of host time per click.
         def forward(leaves, x, points, new_points, gate, geometry, masks):
-            m = nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves))
-            with direct_conv.inference_scope(self.use_direct_conv):
-                out = m(x.astype(self.dtype), points, new_points, gate, is_training=False, canvas=geometry,
-                        canvas_masks=masks)
+            m = ops.use_kernels(nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves)), self.kernels)
+            out = m(x.astype(self.dtype), points, new_points, gate, canvas=geometry, canvas_masks=masks)
             return {k: out[k].astype(self.out_dtype) for k in self.OUTPUTS}
 
         def forward_exact(leaves, x, points, new_points, gate):
-            m = nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves))
-            with direct_conv.inference_scope(self.use_direct_conv):
-                out = m(x.astype(self.dtype), points, new_points, gate, is_training=False)
+            m = ops.use_kernels(nnx.merge(self.graphdef, jax.tree.unflatten(self._treedef, leaves)), self.kernels)
+            out = m(x.astype(self.dtype), points, new_points, gate)
             return {k: out[k].astype(self.out_dtype) for k in self.OUTPUTS}
 
         from fcfi_jax.xla_options import compiler_options

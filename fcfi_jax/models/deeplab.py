@@ -7,6 +7,7 @@ from flax import nnx
 from fcfi_jax.models.fcfi_modules import CollaborativeFeedbackFusionModule, FocusedCorrectionModule
 from fcfi_jax.models.layers import BatchNorm2d, Conv2d, ConvBN, Holder, apply_mask, relu, resize_ac
 from fcfi_jax.models.resnet import ResNetBackbone
+from fcfi_jax.ops import REFERENCE
 
 
 class SeparableConv2d(nnx.Module):
@@ -57,6 +58,7 @@ class DeepLabV3Plus(nnx.Module):
         if backbone == "resnet34":
             raise ValueError("the resnet34 (v1b, 7x7 stem) DeepLab backbone is not implemented; "
                              "use resnet50/101/152")
+        self.kernels = REFERENCE
         self.update_num = update_num
         self.backbone = ResNetBackbone(backbone, rngs=rngs)
         self.skip_project = Holder(skip_project=ConvBN(256, 32, 1, act=True, rngs=rngs))
@@ -67,14 +69,16 @@ class DeepLabV3Plus(nnx.Module):
         self.feedback_fusion = CollaborativeFeedbackFusionModule(ch, mid_ch, rngs=rngs)
 
     def __call__(self, image, click_encoding, new_points, feedback, gate, coord_features, *,
-                 is_training: bool, hw=None, geom=None):
+                 soft_box: bool, hw=None, geom=None):
         c1, c4, (hw4, hw8) = self.backbone(image, coord_features, hw)
         c1 = self.skip_project.skip_project(c1, hw4)
-        x = resize_ac(self.aspp(c4, hw8), c1.shape[1:3], hw8, hw4)
+        x = resize_ac(self.aspp(c4, hw8), c1.shape[1:3], hw8, hw4, self.kernels.lerp)
         uf1, valid = self.correction_module(image, click_encoding, x, feedback, new_points,
-                                            is_training=is_training, geom=geom)
+                                            soft_box=soft_box, geom=geom)
         x, uf2 = self.feedback_fusion(x, uf1, gate, self.update_num, hw4)
         x = jnp.concatenate([x, c1], axis=-1)
-        b = self.head.block
-        x = b[2](b[1](b[0](x, hw4), hw4), hw4)
+        sep1, sep2, conv = self.head.block
+        x = sep1(x, hw4)
+        x = sep2(x, hw4)
+        x = conv(x, hw4)
         return dict(features=x, updated_feedback1=uf1, valid_masks=valid, updated_feedback2=uf2)

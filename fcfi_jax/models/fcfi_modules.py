@@ -15,6 +15,7 @@ from flax import nnx
 
 from fcfi_jax.models.layers import Conv2d, ConvBNReLU, XConvBNReLU, accum_dtype, apply_mask, resize_ac
 from fcfi_jax.models.rounding import div_f32
+from fcfi_jax.ops import REFERENCE
 
 
 def ffcm_half_size(expansion_ratio: float, fb_h: int, fb_w: int) -> tuple[int, int]:
@@ -59,14 +60,14 @@ def ffcm_window(expan_ratio: float, ft_size: int, halo: int) -> int:
     return min(ft_size, int(math.floor(expan_ratio * ft_size)) + 4 + 2 * halo)
 
 
-def _crop(x, sy, sx, win):
+def crop(x, sy, sx, win):
     """Per batch element the (win[0], win[1]) window of x (B, H, W, C) starting at (sy[b], sx[b])."""
     size = (win[0], win[1], x.shape[-1])
     return jax.vmap(lambda a, y, x0: jax.lax.dynamic_slice(a, (y, x0, jnp.zeros_like(y)), size))(x, sy, sx)
 
 
-def _paste(x, patch, sy, sx):
-    """x with each batch element's `patch` written at (sy[b], sx[b]) (the inverse of `_crop`)."""
+def paste(x, patch, sy, sx):
+    """x with each batch element's `patch` written at (sy[b], sx[b]) (the inverse of `crop`)."""
     return jax.vmap(lambda a, q, y, x0: jax.lax.dynamic_update_slice(a, q, (y, x0, jnp.zeros_like(y))))(
         x, patch, sy, sx)
 
@@ -117,6 +118,7 @@ class FocusedCorrectionModule(nnx.Module):
     def __init__(self, in_ch: int, mid_ch: int, aux_ch: int = 6, expan_ratio: float = 2.0, *, rngs: nnx.Rngs):
         self.expan_ratio = expan_ratio
         self.windowed = True
+        self.kernels = REFERENCE
         self.info_encoder = nnx.List([
             ConvBNReLU(in_ch + aux_ch, mid_ch, rngs=rngs),
             XConvBNReLU(mid_ch, mid_ch, rngs=rngs),
@@ -142,8 +144,7 @@ class FocusedCorrectionModule(nnx.Module):
             x = layer(x, hw)
         return x
 
-    def __call__(self, images, click_encoding, features, feedback, new_points, *, is_training: bool,
-                 geom=None):
+    def __call__(self, images, click_encoding, features, feedback, new_points, *, soft_box: bool, geom=None):
         """Correct `feedback` around the newest click(s).
 
         images (B, H, W, 3) normalized RGB; click_encoding (B, H, W, A-4); features (B, h, w, C);
@@ -169,14 +170,15 @@ class FocusedCorrectionModule(nnx.Module):
 
         in_hw = fb_hw
         valid_mask = None
-        win = None if is_training else self.window((ft_h, ft_w))
+        win = None if soft_box else self.window((ft_h, ft_w))
+        crop_, paste_ = self.kernels.crop or crop, self.kernels.paste or paste
         for k in range(new_points.shape[1]):
             p = new_points[:, k].astype(jnp.float32)  # (B, 3)
             label = jnp.trunc(p[:, 2])
             yf, xf, box = ffcm_box(p[:, 0], p[:, 1], half_h_f, half_w_f, fbh_f, fbw_f, fth_f, ftw_f)
 
             # Resized one by one and stacked at feature resolution (a full-resolution stack is one more pass).
-            images, click_encoding, feedback_rs = (resize_ac(t, (ft_h, ft_w), in_hw, ft_hw_true)
+            images, click_encoding, feedback_rs = (resize_ac(t, (ft_h, ft_w), in_hw, ft_hw_true, self.kernels.lerp)
                                                    for t in (images, click_encoding, feedback))
             small = jnp.concatenate([images, click_encoding, feedback_rs], axis=-1)
             in_hw = ft_hw_true
@@ -191,10 +193,10 @@ class FocusedCorrectionModule(nnx.Module):
                 sy = jnp.clip(box[:, 0] - self.halo, 0, ft_h - win[0])  # (B,)
                 sx = jnp.clip(box[:, 1] - self.halo, 0, ft_w - win[1])
                 hw_win = None if ft_hw_true is None else ft_hw_true[None, :] - jnp.stack([sy, sx], axis=1)  # (B, 2)
-                x = jnp.concatenate([_crop(small, sy, sx, win), _crop(features, sy, sx, win)], axis=-1)
+                x = jnp.concatenate([crop_(small, sy, sx, win), crop_(features, sy, sx, win)], axis=-1)
                 affinity = _affinity(self.encode(x, hw_win), yf - sy, xf - sx, feedback_rs.dtype)
                 box = box - jnp.stack([sy, sx, sy, sx], axis=1)
-            if is_training:
+            if soft_box:
                 valid_mask = soft_box_mask((ft_h, ft_w), box)
                 m = valid_mask.astype(feedback_rs.dtype)
                 feedback = (1 - m) * feedback_rs + m * (affinity * lab + (1 - affinity) * feedback_rs)
@@ -202,9 +204,9 @@ class FocusedCorrectionModule(nnx.Module):
                 inside = hard_box_mask((ft_h, ft_w), box)
                 feedback = jnp.where(inside, (1 - affinity) * feedback_rs + affinity * lab, feedback_rs)
             else:
-                fb = _crop(feedback_rs, sy, sx, win)
+                fb = crop_(feedback_rs, sy, sx, win)
                 patch = jnp.where(hard_box_mask(win, box), (1 - affinity) * fb + affinity * lab, fb)
-                feedback = _paste(feedback_rs, patch, sy, sx)
+                feedback = paste_(feedback_rs, patch, sy, sx)
         return apply_mask(feedback, ft_hw_true), valid_mask
 
 

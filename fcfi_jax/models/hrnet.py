@@ -22,6 +22,7 @@ from fcfi_jax.models.layers import (
     valid_mask,
 )
 from fcfi_jax.models.resnet import BasicBlockV1b, BottleneckV1b, make_layer, run_layer
+from fcfi_jax.ops import REFERENCE
 
 
 class HighResolutionModule(nnx.Module):
@@ -33,6 +34,7 @@ class HighResolutionModule(nnx.Module):
 
     def __init__(self, channels: list[int], num_blocks: int, *, rngs):
         n = len(channels)
+        self.kernels = REFERENCE
         self.branches = nnx.List([
             nnx.List([BasicBlockV1b(c, c, rngs=rngs) for _ in range(num_blocks)]) for c in channels])
         fuse = []
@@ -62,7 +64,7 @@ class HighResolutionModule(nnx.Module):
                 if j == i:
                     t = xs[j]
                 elif j > i:
-                    t = resize_ac(layer(xs[j], hws[j]), xs[i].shape[1:3], hws[j], hws[i])
+                    t = resize_ac(layer(xs[j], hws[j]), xs[i].shape[1:3], hws[j], hws[i], self.kernels.lerp)
                 else:
                     t, hw = xs[j], hws[j]
                     for conv in layer:
@@ -95,9 +97,10 @@ class ObjectAttentionBlock(nnx.Module):
         self.f_object = two_layer()
         self.f_down = nnx.List([Conv2d(in_ch, key_ch, 1, bias=False, rngs=rngs), _bn_relu(key_ch)])
         self.f_up = nnx.List([Conv2d(key_ch, in_ch, 1, bias=False, rngs=rngs), _bn_relu(in_ch)])
+        self.use_running_average = True  # NNX's eval mode (model.eval() / model.train() set it)
 
     def __call__(self, x, proxy, hw=None):
-        train = not self.f_up[1][0].use_running_average
+        train = not self.use_running_average
         if train:  # outputs unused (sim == 1) but PyTorch updates these BatchNorm statistics.
             for seq, inp in ((self.f_pixel, x), (self.f_object, proxy)):
                 t = _conv_bn_relu(seq[0], seq[1], inp, None)
@@ -140,6 +143,7 @@ class HighResolutionNet(nnx.Module):
 
     def __init__(self, width: int, num_classes: int, aux_ch: int, ocr_width: int = 256, mid_ch: int = 32,
                  small: bool = False, update_num: int = 1, expansion_ratio: float = 2.0, *, rngs):
+        self.kernels = REFERENCE
         self.update_num = update_num
         self.ocr_width = ocr_width
         nb = 2 if small else 4
@@ -189,25 +193,26 @@ class HighResolutionNet(nnx.Module):
         for m in self.stage4:
             xs = m(xs, hws)
         size = xs[0].shape[1:3]
-        ups = [resize_ac(x, size, h, hw4) for x, h in zip(xs[1:], hws[1:])]
+        ups = [resize_ac(x, size, h, hw4, self.kernels.lerp) for x, h in zip(xs[1:], hws[1:])]
         return jnp.concatenate([xs[0]] + ups, axis=-1), hw4
 
     def __call__(self, image, click_encoding, new_points, feedback, gate, coord_features, *,
-                 is_training: bool, hw=None, geom=None):
+                 soft_box: bool, hw=None, geom=None):
         feats, hw4 = self.backbone(image, coord_features, hw)
         uf1, valid = self.correction_module(image, click_encoding, feats, feedback, new_points,
-                                            is_training=is_training, geom=geom)
+                                            soft_box=soft_box, geom=geom)
         feats, uf2 = self.fusion_module(feats, uf1, gate, self.update_num, hw4)
         if self.ocr_width > 0:
-            a = self.aux_head
-            out_aux = a[3](relu(a[1](a[0](feats, hw4), hw4)), hw4)
+            conv1, bn, _, conv2 = self.aux_head   # official aux_head.{0, 1, 2 (ReLU), 3}
+            out_aux = relu(bn(conv1(feats, hw4), hw4))
+            out_aux = conv2(out_aux, hw4)
             f = conv_bn(self.conv3x3_ocr[0], self.conv3x3_ocr[1], feats, hw4, act=True)
             context = spatial_gather(f, out_aux, hw4)
             f = self.ocr_distri_head(f, context, hw4)
             out = self.cls_head(f, hw4)
         else:
-            c = self.cls_head
-            out = c[3](conv_bn(c[0], c[1], feats, hw4, act=True), hw4)
+            conv1, bn, _, conv2 = self.cls_head
+            out = conv2(conv_bn(conv1, bn, feats, hw4, act=True), hw4)
             out_aux = None
         return dict(instances=out, instances_aux=out_aux, updated_feedback1=uf1, valid_masks=valid,
                     updated_feedback2=uf2)

@@ -2,13 +2,14 @@
 output resizing (isegm/model/is_*_model.py) and `build_model` from an official checkpoint config.
 
 Call signature of both (NHWC):
-    out = model(image, points, new_points, gate, is_training=False)
+    out = model(image, points, new_points, gate)
     image      (B, H, W, 4) float32: RGB in [0, 1] and the previous-mask channel
     points     (B, 2N, 3) rows (y, x, order); N positive rows then N negative, (-1, -1, -1) padding
     new_points (B, K, 3) (y, x, label) of the newest click(s), slot 0 = newest
     gate       scalar: 0.0 on the first click, 1.0 after
     out: dict with `instances` (logits), `updated_feedback1`, `updated_feedback2`, `gauss_dist_maps`,
-         `instances_aux` (HRNet+OCR), `valid_masks` (training), all (B, H, W, C).
+         `instances_aux` (HRNet+OCR), `valid_masks` (soft_box=True), all (B, H, W, C).
+Train or eval mode is NNX's (`model.train()`, `model.eval()`: BatchNorm statistics, dropout).
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ from fcfi_jax.models.deeplab import DeepLabV3Plus
 from fcfi_jax.models.fcfi_modules import ffcm_half_size
 from fcfi_jax.models.hrnet import HighResolutionNet
 from fcfi_jax.models.layers import (
+    Canvas,
     Conv2d,
     Holder,
     accum_dtype,
     apply_mask,
-    canvas_cache,
     down2,
     leaky_relu,
     relu,
@@ -35,6 +36,7 @@ from fcfi_jax.models.layers import (
     resize_hp,
     resize_nearest,
 )
+from fcfi_jax.ops import REFERENCE
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -182,6 +184,7 @@ class ISModel(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.kernels = REFERENCE
         coord_ch = 3 if cfg.family == "hrnet" else 2  # the DeepLab base never adds the prev mask (docs/official_quirks.md #3)
         self.maps_transform = nnx.List([
             Conv2d(coord_ch, 16, 1, rngs=rngs), None, Conv2d(16, 64, 3, 2, 1, rngs=rngs), ScaleLayer(0.05)])
@@ -206,18 +209,17 @@ class ISModel(nnx.Module):
         half = ffcm_half_size(self.feature_extractor.correction_module.expan_ratio, *true_hw)
         return jnp.asarray([true_hw[0], true_hw[1], half[0], half[1]], jnp.int32)
 
-    def __call__(self, image, points, new_points, gate, *, is_training: bool = False,
+    def __call__(self, image, points, new_points, gate, *, soft_box: bool = False,
                  designated_click_radius: float = -1, canvas=None, canvas_masks=()):
-        """See the module docstring. `canvas`: None for exact shapes, or the int32 (4,) array from
-        `geometry(true_hw)` when `image` is a zero-padded canvas whose top-left H x W is the input.
-        `canvas_masks`: optionally `layers.canvas_level_masks(canvas_hw, true_hw)`, passed in as arrays
-        (the same result, a faster compilation: see `layers.canvas_cache`)."""
-        hw = None if canvas is None else canvas[:2]
-        with canvas_cache(hw, canvas_masks if canvas is not None else ()):
-            return self._forward(image, points, new_points, gate, is_training, designated_click_radius, canvas, hw)
-
-    def _forward(self, image, points, new_points, gate, is_training, designated_click_radius, canvas, hw):
+        """See the module docstring. `soft_box`: FFCM's training form (the official `is_training=True`): a
+        soft box mask over the whole map instead of the hard box, float `new_points`, and `valid_masks` in
+        the outputs; the official trainer uses it in train mode and in its eval-mode click simulation.
+        `canvas`: None for exact shapes, or the int32 (4,) array from `geometry(true_hw)` when `image` is a
+        zero-padded canvas whose top-left H x W is the input. `canvas_masks`: optionally
+        `layers.canvas_level_masks(canvas_hw, true_hw)`, passed in as arrays (the same result, a faster
+        compilation: see `layers.Canvas`)."""
         cfg = self.cfg
+        hw = None if canvas is None else Canvas(canvas[:2], canvas_masks)
         size = image.shape[1:3]
         geom = None
         if canvas is not None:
@@ -238,14 +240,14 @@ class ISModel(nnx.Module):
         radius = cfg.norm_radius if designated_click_radius < 0 else designated_click_radius
         disks = dist_maps(points, size, radius, cfg.use_disks, hw).astype(dt)
         enc = jnp.concatenate([prev, disks], axis=-1) if cfg.family == "hrnet" else disks
-        mt = self.maps_transform
+        conv1, _, conv2, scale = self.maps_transform   # official maps_transform.{0, 1 (activation), 2, 3}
         act = leaky_relu if cfg.use_leaky_relu else relu
-        coord = mt[3](mt[2](act(mt[0](enc, hw)), hw))
+        coord = act(conv1(enc, hw))
+        coord = scale(conv2(coord, hw))
 
-        fe = self.feature_extractor(rgb, enc, new_points, prev, gate, coord, is_training=is_training,
-                                    hw=hw, geom=geom)
+        fe = self.feature_extractor(rgb, enc, new_points, prev, gate, coord, soft_box=soft_box, hw=hw, geom=geom)
         hw4 = None if hw is None else down2(down2(hw))
-        up = lambda t: resize_ac(t, size, hw4, hw)
+        up = lambda t: resize_ac(t, size, hw4, hw, self.kernels.lerp)
         out = {}
         if cfg.family == "hrnet":
             out["instances"] = up(fe["instances"])
@@ -253,11 +255,13 @@ class ISModel(nnx.Module):
                 out["instances_aux"] = up(fe["instances_aux"])
             out["updated_feedback1"] = up(fe["updated_feedback1"])
         else:
-            h = self.head.layers
-            out["instances"] = up(h[2](h[1](h[0](fe["features"], hw4), hw4), hw4))
-            out["updated_feedback1"] = resize_hp(fe["updated_feedback1"], size, hw4, hw)  # docs/official_quirks.md #4
+            sep1, sep2, conv = self.head.layers
+            x = sep1(fe["features"], hw4)
+            x = sep2(x, hw4)
+            out["instances"] = up(conv(x, hw4))
+            out["updated_feedback1"] = resize_hp(fe["updated_feedback1"], size, hw4, hw, self.kernels.lerp)  # quirk #4
         out["updated_feedback2"] = up(fe["updated_feedback2"])
-        if is_training:
+        if soft_box:
             out["valid_masks"] = resize_nearest(fe["valid_masks"], size)
         out["gauss_dist_maps"] = enc
         return out

@@ -8,13 +8,14 @@ an int32 array of shape (2,) (a traced value, so one compilation serves many siz
 is given, the input lives in the top-left corner of a larger zero canvas; each layer keeps
 everything outside the valid region at exactly zero, which makes convolutions see the same
 zero padding as on the true-size image. `hw=None` means the tensor has exactly its true size.
+The model wraps it in a `Canvas`, which memoizes the masks and resize taps of one forward.
+
+Every layer here is plain JAX. Faster or more portable forms of some (`fcfi_jax.ops`) are chosen by the
+caller and reach the layers as their `kernels` attribute (`ops.use_kernels`); none is chosen in here.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import threading
 from typing import Sequence
 
 import jax
@@ -22,45 +23,53 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fcfi_jax.models import direct_conv
+from fcfi_jax.ops import REFERENCE
 
 # ----------------------------------------------------------------------------------------
 # Canvas helpers
 
 
-_canvas_cache = threading.local()
-
-
-@contextlib.contextmanager
-def canvas_cache(hw=None, level_masks=()):
-    """Within one forward, derive each level's valid size and build its (H, W, 1) mask once.
+class Canvas:
+    """The valid (rows, cols) of a canvas tensor, int32 (2,) (or (B, 2) per example), and what derives from it,
+    built once per forward.
 
     A canvas forward masks ~650 times on 7 levels and resizes 39 times; building the masks and resize taps
-    every time cost ~1.5 s of the ~3.7 s it took to trace and lower the zoom-in click program. Entries are
-    keyed by the identity of the `hw` arrays and hold them, so an id cannot be reused while the cache lives
-    (one forward call).
+    every time cost ~1.5 s of the ~3.7 s it took to trace and lower the zoom-in click program, so
+    `down2`, `valid_mask` and the resizes memoize them here. `level_masks` (from `canvas_level_masks`,
+    computed on the host and passed into the compiled program) serve the masks of this level and its
+    halvings: XLA:CPU would otherwise inline a mask's iota/compare into each of the ~700 fusions that use it,
+    which made the click program's HLO 49k lines instead of 29.6k and its compilation 1-2.5 s longer.
 
-    `level_masks` (from `canvas_level_masks`, computed on the host and passed into the compiled program)
-    serve the masks of `hw`, `down2(hw)`, `down2(down2(hw))`, ...: XLA:CPU would otherwise inline a mask's
-    iota/compare into each of the ~700 fusions that use it, which made the click program's HLO 49k lines
-    instead of 29.6k and its compilation 1-2.5 s longer. A mask asked for with another `hw` array is built as
-    usual.
+    Everything that takes an `hw` also takes the plain array (nothing memoized then) or None (exact shapes).
     """
-    prev = getattr(_canvas_cache, "entries", None)
-    _canvas_cache.entries = {}
-    try:
-        level_hw = hw
-        for m in level_masks:
-            _canvas_cache.entries[_key(_mask_key(m.shape[:2], jnp.bool_), (level_hw,))] = (m, (level_hw,))
-            level_hw = down2(level_hw)
-        yield
-    finally:
-        _canvas_cache.entries = prev
+
+    def __init__(self, hw, level_masks=()):
+        self.hw = hw
+        self._memo = {}
+        if level_masks:
+            self._memo[_mask_key(level_masks[0].shape[:2], jnp.bool_)] = level_masks[0]
+        self._lower_masks = tuple(level_masks[1:])
+
+    def __getitem__(self, index):
+        return self.hw[index]
+
+    def memo(self, key, make):
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def down2(self):
+        return self.memo("down2", lambda: Canvas((self.hw + 1) // 2, self._lower_masks))
+
+
+def as_array(hw):
+    """The plain array (or None) of an `hw` (kernels take arrays)."""
+    return hw.hw if isinstance(hw, Canvas) else hw
 
 
 def canvas_level_masks(canvas_hw: tuple[int, int], true_hw: tuple[int, int], levels: int = 6):
     """Host-side (numpy) bool masks (H_k, W_k, 1) of the valid region for levels k = 0..levels-1 of a canvas
-    (sizes halved k times, rounded up, as by stride-2 convolutions and `down2`); see `canvas_cache`."""
+    (sizes halved k times, rounded up, as by stride-2 convolutions and `down2`); see `Canvas`."""
     (ch, cw), (h, w), out = canvas_hw, true_hw, []
     for _ in range(levels):
         out.append(((np.arange(ch)[:, None] < h) & (np.arange(cw)[None, :] < w))[..., None])
@@ -68,23 +77,16 @@ def canvas_level_masks(canvas_hw: tuple[int, int], true_hw: tuple[int, int], lev
     return tuple(out)
 
 
-def _key(key, arrays: tuple):
-    return (key, *map(id, arrays))
-
-
 def _mask_key(shape_hw, dtype):
     return ("mask", tuple(shape_hw), jnp.dtype(dtype).name)
 
 
-def _cached(key, arrays: tuple, make):
-    """make(), computed once per (key, identities of `arrays`) inside `canvas_cache()`."""
-    entries = getattr(_canvas_cache, "entries", None)
-    if entries is None:
+def _memo(key, a, b, make):
+    """make(), memoized on the first `Canvas` of (a, b) when the other is a `Canvas` or None."""
+    holder, other = (a, b) if isinstance(a, Canvas) else (b, a)
+    if not isinstance(holder, Canvas) or not (other is None or isinstance(other, Canvas)):
         return make()
-    k = _key(key, arrays)
-    if k not in entries:
-        entries[k] = (make(), arrays)
-    return entries[k][0]
+    return holder.memo((key, other), make)
 
 
 def accum_dtype(dtype):
@@ -96,7 +98,9 @@ def accum_dtype(dtype):
 
 def down2(hw):
     """Valid size after a stride-2 conv (3x3 pad 1 or 1x1): ceil(n / 2)."""
-    return None if hw is None else _cached("down2", (hw,), lambda: (hw + 1) // 2)
+    if hw is None:
+        return None
+    return hw.down2() if isinstance(hw, Canvas) else (hw + 1) // 2
 
 
 def valid_mask(shape_hw: tuple[int, int], hw, dtype=jnp.float32):
@@ -107,7 +111,7 @@ def valid_mask(shape_hw: tuple[int, int], hw, dtype=jnp.float32):
         rows = jnp.arange(shape_hw[0])[:, None] < hw[..., 0, None, None]
         cols = jnp.arange(shape_hw[1])[None, :] < hw[..., 1, None, None]
         return (rows & cols)[..., None]
-    return _cached(_mask_key(shape_hw, dtype), (hw,), make)
+    return hw.memo(_mask_key(shape_hw, dtype), make) if isinstance(hw, Canvas) else make()
 
 
 def apply_mask(x, hw):
@@ -179,55 +183,38 @@ def _hp_matrix(out_size: int, in_size: int, out_valid=None, in_valid=None, dtype
     return _taps_matrix(_hp_taps(out_size, in_size, out_valid, in_valid, dtype), in_size)
 
 
-def resize_impl() -> str:
-    """'gather' (two-tap lerp: XLA:CPU runs it 5-15x faster than the matmul, measured) on CPU, 'matmul'
-    (interpolation matrices: MXU / tensor cores) elsewhere; FCFI_JAX_RESIZE=gather|matmul overrides.
-    Both compute w0 * x[i0] + w1 * x[i1] in the input dtype (they differ by float rounding only)."""
-    impl = os.environ.get("FCFI_JAX_RESIZE", "")
-    if impl in ("gather", "matmul"):
-        return impl
-    return "gather" if jax.default_backend() == "cpu" else "matmul"
-
-
-def _lerp_axis(x, axis: int, taps):
-    i0, i1, w0, w1 = taps
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    a = jnp.take(x, i0, axis=axis, mode="clip")
-    b = jnp.take(x, i1, axis=axis, mode="clip")
-    return a * w0.astype(x.dtype).reshape(shape) + b * w1.astype(x.dtype).reshape(shape)
-
-
-def _apply_separable(x, ty, tx, impl=None):
-    """x (B, H, W, C), row taps ty (out H'), column taps tx (out W') -> (B, H', W', C)."""
-    if (impl or resize_impl()) == "gather":
-        return _lerp_axis(_lerp_axis(x, 1, ty), 2, tx)
+def _apply_separable(x, ty, tx, lerp=None):
+    """x (B, H, W, C), row taps ty (out H'), column taps tx (out W') -> (B, H', W', C): by interpolation
+    matrices (the reference: matrix units on GPU/TPU), or by `lerp(x, ty, tx)` (`Kernels.lerp`). Both compute
+    w0 * x[i0] + w1 * x[i1] in the input dtype (they differ by float rounding only)."""
+    if lerp is not None:
+        return lerp(x, ty, tx)
     my, mx = _taps_matrix(ty, x.shape[1]), _taps_matrix(tx, x.shape[2])
     prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
     y = jnp.einsum("oh,bhwc->bowc", my.astype(x.dtype), x, precision=prec)
     return jnp.einsum("pw,bowc->bopc", mx.astype(x.dtype), y, precision=prec)
 
 
-def resize_ac(x, size: Sequence[int], in_hw=None, out_hw=None, impl=None):
-    """Bilinear resize with align_corners=True (PyTorch semantics) of x (B, H, W, C)."""
+def resize_ac(x, size: Sequence[int], in_hw=None, out_hw=None, lerp=None):
+    """Bilinear resize with align_corners=True (PyTorch semantics) of x (B, H, W, C); `lerp`: `Kernels.lerp`."""
     out_h, out_w = size
     in_h, in_w = x.shape[1:3]
     if in_hw is None and (out_h, out_w) == (in_h, in_w):
         return x
     dt = accum_dtype(x.dtype)
-    ty, tx = _cached(("ac_taps", out_h, out_w, in_h, in_w, dt.name), (out_hw, in_hw), lambda: (
+    ty, tx = _memo(("ac_taps", out_h, out_w, in_h, in_w, dt.name, out_hw is None), out_hw, in_hw, lambda: (
         _ac_taps(out_h, in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0], dt),
         _ac_taps(out_w, in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1], dt)))
-    return _apply_separable(x, ty, tx, impl)
+    return _apply_separable(x, ty, tx, lerp)
 
 
-def resize_hp(x, size: Sequence[int], in_hw=None, out_hw=None, impl=None):
-    """Bilinear resize with align_corners=False (PyTorch default) of x (B, H, W, C)."""
+def resize_hp(x, size: Sequence[int], in_hw=None, out_hw=None, lerp=None):
+    """Bilinear resize with align_corners=False (PyTorch default) of x (B, H, W, C); `lerp`: `Kernels.lerp`."""
     in_h, in_w = x.shape[1:3]
     dt = accum_dtype(x.dtype)
     ty = _hp_taps(size[0], in_h, None if out_hw is None else out_hw[0], None if in_hw is None else in_hw[0], dt)
     tx = _hp_taps(size[1], in_w, None if out_hw is None else out_hw[1], None if in_hw is None else in_hw[1], dt)
-    return _apply_separable(x, ty, tx, impl)
+    return _apply_separable(x, ty, tx, lerp)
 
 
 def resize_nearest(x, size: Sequence[int]):
@@ -255,24 +242,11 @@ def _xavier_gluon(key, shape, fan_in, fan_out):
     return jnp.asarray(std * np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
-def _depthwise(x, w, padding: int, dilation: int):
-    """Depthwise (channel multiplier 1, stride 1) conv of x (B, H, W, C) with w (kh, kw, 1, C) as a sum of
-    kh * kw shifted, per-channel scaled copies: one elementwise fusion. XLA:CPU runs the grouped
-    convolution it replaces at ~0.3 GFLOP/s (60-80 ms for a 120x160x64 3x3 layer, vs ~1 ms)."""
-    kh, kw = w.shape[:2]
-    h, wd = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    ho, wo = h + 2 * padding - dilation * (kh - 1), wd + 2 * padding - dilation * (kw - 1)
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            t = xp[:, i * dilation:i * dilation + ho, j * dilation:j * dilation + wo] * w[i, j, 0]
-            y = t if y is None else y + t
-    return y
-
-
 class Conv2d(nnx.Module):
-    """torch.nn.Conv2d in NHWC. `weight` is stored HWIO: (kh, kw, in // groups, out)."""
+    """torch.nn.Conv2d in NHWC. `weight` is stored HWIO: (kh, kw, in // groups, out).
+
+    `kernels` (set by `fcfi_jax.ops.use_kernels`) names faster forms of depthwise, 1x1 and 3x3 convolutions;
+    the default is `lax.conv_general_dilated` for all of them."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, bias: bool = True, *, rngs: nnx.Rngs):
@@ -281,65 +255,47 @@ class Conv2d(nnx.Module):
         fan_in, fan_out = in_ch // groups * k * k, out_ch * k * k
         self.weight = nnx.Param(_xavier_gluon(rngs.params(), (k, k, in_ch // groups, out_ch), fan_in, fan_out))
         self.bias = nnx.Param(jnp.zeros((out_ch,))) if bias else None
+        self.kernels = REFERENCE
 
     def __call__(self, x, hw=None):
-        """x (B, H, W, C), or a list of arrays whose channel concatenation is the input (a 1x1 conv then sums
-        one matmul per part and never materialises the concatenation; parts may be (B, 1, 1, c) vectors,
-        broadcast over the map)."""
+        """x (B, H, W, C), or a list of arrays whose channel concatenation is the input (parts may be
+        (B, 1, 1, c) vectors, broadcast over the map; `Kernels.pointwise` never materialises it)."""
+        k, pointwise = self.kernels, self.weight.shape[0] == self.weight.shape[1] == 1 and self.groups == 1
+        w = self.weight[...]
         if isinstance(x, (list, tuple)):
-            if self.weight.shape[0] == self.weight.shape[1] == 1 and self.groups == 1 and self.stride == 1:
-                return self._pointwise(list(x), hw)
             size = max((t.shape[:3] for t in x), key=lambda s: s[1] * s[2])
+            if pointwise and self.stride == 1 and k.pointwise is not None:
+                return self._finish(jnp.broadcast_to(k.pointwise(list(x), w.astype(x[0].dtype)[0, 0]),
+                                                     size + w.shape[-1:]), hw)
             x = jnp.concatenate([jnp.broadcast_to(t, size + t.shape[-1:]) for t in x], axis=-1)
-        w = self.weight[...].astype(x.dtype)
-        p = self.padding
-        if self.groups > 1 and self.groups == x.shape[-1] == w.shape[-1] and self.stride == 1:
-            y = _depthwise(x, w, p, self.dilation)
-            if self.bias is not None:
-                y = y + self.bias[...].astype(x.dtype)
-            return apply_mask(y, hw)
-        if w.shape[0] == w.shape[1] == 1 and self.groups == 1 and p == 0 and self.stride == 1 and w.shape[2] <= 4:
-            return self._pointwise([x], hw)
+        w = w.astype(x.dtype)
+        if (pointwise and self.padding == 0 and self.stride == 1 and w.shape[2] <= 4 and k.pointwise is not None):
+            return self._finish(k.pointwise([x], w[0, 0]), hw)
+        if (self.groups > 1 and self.groups == x.shape[-1] == w.shape[-1] and self.stride == 1
+                and k.depthwise is not None):
+            return self._finish(k.depthwise(x, w, self.padding, self.dilation), hw)
         hw_out = down2(hw) if self.stride > 1 else hw
-        if self.direct(x):  # CPU inference: bias and mask in the kernel's epilogue
-            return direct_conv.conv3x3(x, w, self.stride, shift=None if self.bias is None else self.bias[...],
-                                       valid_hw=hw_out)
+        if self.direct(x):  # the kernel's epilogue adds the bias and masks
+            return k.conv(x, w, self.stride, self.padding, self.dilation,
+                          shift=None if self.bias is None else self.bias[...], valid_hw=as_array(hw_out))
+        p = self.padding
         prec = jax.lax.Precision.HIGHEST if x.dtype == jnp.float32 else None
         y = jax.lax.conv_general_dilated(
             x, w, window_strides=(self.stride, self.stride), padding=((p, p), (p, p)),
             rhs_dilation=(self.dilation, self.dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=self.groups, precision=prec)
+        return self._finish(y, hw_out)
+
+    def _finish(self, y, hw):
         if self.bias is not None:
-            y = y + self.bias[...].astype(x.dtype)
-        return apply_mask(y, hw_out)
+            y = y + self.bias[...].astype(y.dtype)
+        return apply_mask(y, hw)
 
     def direct(self, x) -> bool:
-        """Whether this conv of x runs as the direct CPU kernel (`direct_conv`: 3x3, inference scope)."""
-        return (not isinstance(x, (list, tuple))
-                and direct_conv.applies(x, self.weight[...], self.stride, self.padding, self.dilation, self.groups))
-
-    def _pointwise(self, parts, hw):
-        """1x1 conv of the channel concatenation of `parts`: per part a matmul, or, for <= 4 channels (the
-        click maps at full resolution), broadcast multiply-adds that fuse with what follows (XLA:CPU spends
-        ~10 ms on a K = 3 matmul over a 480x640 map)."""
-        dt = parts[0].dtype
-        w = self.weight[...].astype(dt)[0, 0]
-        prec = jax.lax.Precision.HIGHEST if dt == jnp.float32 else None
-        y, off = None, 0
-        for t in parts:
-            c = t.shape[-1]
-            if c <= 4:
-                contrib = sum(t[..., k:k + 1] * w[off + k] for k in range(c))
-            else:
-                contrib = jnp.dot(t, w[off:off + c], precision=prec)
-            y = contrib if y is None else y + contrib
-            off += c
-        if off != w.shape[0]:
-            raise ValueError(f"1x1 conv expects {w.shape[0]} input channels, got {off}")
-        if self.bias is not None:
-            y = y + self.bias[...].astype(dt)
-        size = max((t.shape[:3] for t in parts), key=lambda s: s[1] * s[2])
-        return apply_mask(jnp.broadcast_to(y, size + y.shape[-1:]), hw)
+        """Whether `Kernels.conv` serves this convolution of x (an array)."""
+        k = self.kernels.conv
+        return k is not None and k.supports(x, self.weight[...], self.stride, self.padding, self.dilation,
+                                            self.groups)
 
 
 class BatchNorm2d(nnx.Module):
@@ -398,16 +354,16 @@ def relu(x):
 def conv_bn(conv: Conv2d, bn: BatchNorm2d, x, hw=None, *, act: bool = False, residual=None):
     """relu?(bn(conv(x)) [+ residual]), zero outside the valid region.
 
-    With the direct CPU kernel (`direct_conv`, inference) this is one call with the BatchNorm's running
+    When `Kernels.conv` serves the convolution (eval mode) this is one call with the BatchNorm's running
     statistics (and the conv's bias) folded into the kernel's epilogue: no separate pass over the output.
     """
     hw_out = down2(hw) if conv.stride > 1 else hw
-    if bn.use_running_average and conv.direct(x):
+    if bn.use_running_average and not isinstance(x, (list, tuple)) and conv.direct(x):
         scale, shift = bn.affine()
         if conv.bias is not None:
             shift = shift + conv.bias[...] * scale
-        return direct_conv.conv3x3(x, conv.weight[...], conv.stride, scale=scale, shift=shift, residual=residual,
-                                   relu=act, valid_hw=hw_out)
+        return conv.kernels.conv(x, conv.weight[...], conv.stride, conv.padding, conv.dilation, scale=scale,
+                                 shift=shift, residual=residual, relu=act, valid_hw=as_array(hw_out))
     y = bn(conv(x, hw), hw_out)
     if residual is not None:
         y = y + residual

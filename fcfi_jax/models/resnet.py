@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fcfi_jax.models.layers import BatchNorm2d, Conv2d, ConvBN, apply_mask, conv_bn, down2, relu
+from fcfi_jax.models.layers import BatchNorm2d, Conv2d, ConvBN, apply_mask, conv_bn, down2
+from fcfi_jax.ops import REFERENCE
 
 
 class BasicBlockV1b(nnx.Module):
@@ -43,11 +44,10 @@ class BottleneckV1b(nnx.Module):
 
     def __call__(self, x, hw=None):
         hw_out = down2(hw) if self.conv2.stride > 1 else hw
-        out = relu(self.bn1(self.conv1(x, hw), hw))
+        out = conv_bn(self.conv1, self.bn1, x, hw, act=True)
         out = conv_bn(self.conv2, self.bn2, out, hw, act=True)
-        out = self.bn3(self.conv3(out, hw_out), hw_out)
         residual = x if self.downsample is None else self.downsample(x, hw)
-        return relu(out + residual)
+        return conv_bn(self.conv3, self.bn3, out, hw_out, act=True, residual=residual)
 
 
 def make_layer(block, inplanes, planes, blocks, stride=1, dilation=1, *, rngs):
@@ -98,6 +98,7 @@ class ResNetBackbone(nnx.Module):
         if backbone not in RESNET_DEPTHS:
             raise ValueError(f"unsupported DeepLab backbone {backbone!r}; supported: {sorted(RESNET_DEPTHS)}")
         depth = RESNET_DEPTHS[backbone]
+        self.kernels = REFERENCE
         self.conv1 = nnx.List([
             Conv2d(3, 64, 3, 2, 1, bias=False, rngs=rngs), BatchNorm2d(64), None,
             Conv2d(64, 64, 3, 1, 1, bias=False, rngs=rngs), BatchNorm2d(64), None,
@@ -110,14 +111,14 @@ class ResNetBackbone(nnx.Module):
         self.layer4 = make_layer(BottleneckV1b, 1024, 512, depth[3], dilation=4, rngs=rngs)
 
     def __call__(self, x, coord_features, hw=None):
-        c = self.conv1
+        conv_a, bn_a, _, conv_b, bn_b, _, conv_c = self.conv1   # the deep stem: official conv1.{0, 1, 3, 4, 6}
         hw2 = down2(hw)
-        x = relu(c[1](c[0](x, hw), hw2))
-        x = relu(c[4](c[3](x, hw2), hw2))
-        x = relu(self.bn1(c[6](x, hw2), hw2))
+        x = conv_bn(conv_a, bn_a, x, hw, act=True)
+        x = conv_bn(conv_b, bn_b, x, hw2, act=True)
+        x = conv_bn(conv_c, self.bn1, x, hw2, act=True)
         pad = x.shape[-1] - coord_features.shape[-1]
         x = x + jnp.pad(coord_features, ((0, 0), (0, 0), (0, 0), (0, pad)))
-        x = max_pool_3x3_s2(x, hw2)
+        x = (self.kernels.max_pool or max_pool_3x3_s2)(x, hw2)
         hw4 = down2(hw2)
         c1, _ = run_layer(self.layer1, x, hw4)
         c2, hw8 = run_layer(self.layer2, c1, hw4)

@@ -4,9 +4,9 @@ One jit-compiled step holds the whole iterative training of the official batch_f
 (docs/official_quirks.md #19): 0..max_num_next_clicks click-simulation forwards without gradients (eval-mode
 network, soft-box FFCM path), each adding the next click where the error is largest (`clicks.next_points`, on
 device), then the training forward, the official losses, the gradients and Adam with the official LR multipliers.
-Data parallel: a Mesh with one 'data' axis over every device of every host, the batch sharded along it, parameters /
-BatchNorm statistics / optimizer state replicated, so BatchNorm sees the global batch (docs/official_quirks.md #42)
-and the same code runs on 1 CPU, 8 GPUs or a TPU pod slice.
+Data parallel (fcfi_jax/distributed.py): a Mesh with one 'data' axis over every device of every host, the batch
+sharded along it, parameters / BatchNorm statistics / optimizer state replicated, so BatchNorm sees the global batch
+(docs/official_quirks.md #42) and the same code runs on 1 CPU, 8 GPUs or a TPU pod slice.
 
 Randomness is a pure function of (config.seed, step): the number of simulated clicks, the click picks and the
 dropout masks use `fold_in(key, step)`, and the input stream is indexed by step, so a resumed run repeats
@@ -26,8 +26,8 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fcfi_jax import distributed, ops
 from fcfi_jax.convert.torch_pickle import CheckpointError
 from fcfi_jax.models.is_model import ISModel, ModelConfig, build_model
 from fcfi_jax.progress import format_seconds
@@ -57,9 +57,12 @@ class TrainState:
 class ModelParts:
     """A model split once into its graph (train- and eval-mode) and templates of its variables.
 
-    `merge(params, batch_stats, train, dropout_key)` rebuilds a module from pure dicts inside traced code."""
+    `merge(params, batch_stats, train, dropout_key)` rebuilds a module from pure dicts inside traced code, with
+    `kernels` (default: `ops.for_backend(direct_conv=False)`, the XLA:CPU forms on CPU, the reference on
+    GPU/TPU; the direct CPU kernel has no gradient)."""
 
-    def __init__(self, model: ISModel):
+    def __init__(self, model: ISModel, kernels: ops.Kernels | None = None):
+        self.kernels = ops.for_backend(direct_conv=False) if kernels is None else kernels
         model.train()
         self.train_def, params, stats, self.rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         model.eval()
@@ -73,7 +76,7 @@ class ModelParts:
         nnx.replace_by_pure_dict(p, params)
         nnx.replace_by_pure_dict(s, batch_stats)
         rest = jax.tree.map(lambda x: x, self.rest)
-        model = nnx.merge(self.train_def if train else self.eval_def, p, s, rest)
+        model = ops.use_kernels(nnx.merge(self.train_def if train else self.eval_def, p, s, rest), self.kernels)
         if dropout_key is not None and jax.tree_util.tree_leaves(self.rest):
             nnx.reseed(model, default=dropout_key)
         return model
@@ -99,7 +102,7 @@ def make_train_step(parts: ModelParts, tx, schedule, *, max_num_next_clicks: int
 
         def forward(model, prev, pts, new_pts, gate):
             x = jnp.concatenate([images, prev], axis=-1).astype(compute_dtype)
-            out = model(x, pts, new_pts, gate, is_training=True)
+            out = model(x, pts, new_pts, gate, soft_box=True)  # official is_training=True, in both modes
             return {k: v.astype(jnp.float32) for k, v in out.items()}
 
         # Click simulation: eval-mode network, no gradient, each prediction becomes the next prev mask.
@@ -143,11 +146,6 @@ def make_train_step(parts: ModelParts, tx, schedule, *, max_num_next_clicks: int
 # ----------------------------------------------------------------------------------------------- set-up
 
 
-def make_mesh() -> Mesh:
-    """One 'data' axis over every device of every process."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
-
-
 def model_from_config(config) -> ISModel:
     """The model to train: built from config.model, or, when config.init_from is a whole FCFI checkpoint (an
     official .pth with its 'config', or a converted directory), that model with its own architecture, so that
@@ -186,12 +184,11 @@ def own_heldout_eval(config) -> bool:
 
 def validate_config(config) -> None:
     """Fail fast, with the fix, on values the trainer cannot run with."""
-    n_dev = jax.device_count()
     errors = []
-    if config.batch_size <= 0 or config.batch_size % n_dev:
-        errors.append(f"batch_size={config.batch_size} must be a positive multiple of the {n_dev} devices")
-    if config.batch_size % jax.process_count():
-        errors.append(f"batch_size={config.batch_size} must be divisible by the {jax.process_count()} processes")
+    try:
+        distributed.per_process_batch(config.batch_size, device_count=jax.device_count())
+    except ValueError as e:
+        errors.append(str(e))
     if not (isinstance(config.max_num_next_clicks, int) and 0 <= config.max_num_next_clicks <= config.data.num_points):
         errors.append(f"max_num_next_clicks={config.max_num_next_clicks} must be an int in [0, "
                       f"data.num_points={config.data.num_points}]")
@@ -336,8 +333,7 @@ def train_and_evaluate(config, workdir) -> dict:
     tx, schedule = make_optimizer(nnx.to_pure_dict(parts.params_tpl), parts.cfg.family, config.lr, steps_per_epoch,
                                   config.lr_milestones, config.lr_gamma, config.backbone_lr_mult)
 
-    mesh = make_mesh()
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    replicated, batch_sharding = distributed.data_shardings()
     state = jax.device_put(parts.init_state(tx), replicated)
     ckpt_every = config.checkpoint_every_steps or steps_per_epoch * config.checkpoint_every_epochs
     manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
@@ -401,7 +397,7 @@ def train_and_evaluate(config, workdir) -> dict:
     while step < total_steps:
         t0 = time.perf_counter()
         batch = next(batches)
-        batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+        batch = distributed.to_global_batch(batch, batch_sharding)
         wait_s += time.perf_counter() - t0
         state, metrics = train_step(state, batch)
         step += 1
