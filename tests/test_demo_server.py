@@ -302,3 +302,12 @@ def test_object_endpoints_keep_the_origin_and_content_type_checks(demo, data_dir
         status, out = call(server, path, body)
         assert status == want_status and needle in out["error"] and "\n" not in out["error"], (path, status, out)
     assert call(server, f"api/state?session={sid}")[1]["objects"] == []
+
+
+def test_json_depth_skips_strings():
+    """The nesting check of request bodies (run before json.loads) ignores brackets inside strings."""
+    from fcfi_jax.demo.server import _json_depth
+
+    cases = {b"": 0, b'{"a": [1, {"b": "[[[["}]}': 3, b'["a\\"[[", [[]]]': 3, b'["a\\\\", [[]]]': 3,
+             b'[{"open string [[[': 2, b"]]][[": 0, b'{"x": "\\\n[["}': 1}
+    assert {body: _json_depth(body) for body in cases} == cases
