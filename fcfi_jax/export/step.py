@@ -71,13 +71,10 @@ class StepSpec:
                           points_n=-(-self.max_clicks // 24) * 24)
 
     def state_structs(self):
-        s = jax.ShapeDtypeStruct
-        hw = (self.height, self.width)
-        f32, i32, b = jnp.float32, jnp.int32, jnp.bool_
-        shapes = {"probs": (hw, f32), "uf1": (hw, f32), "uf2": (hw, f32), "zmap": (hw, f32), "has_zmap": ((), b),
-                  "roi": ((4,), i32), "has_roi": ((), b), "clicks": ((self.max_clicks, 3), i32),
-                  "n_clicks": ((), i32), "first_gate": ((), f32), "net_hw": ((2,), i32)}
-        return [s(*shapes[k]) for k in STATE_FIELDS]
+        """jax.ShapeDtypeStruct of each state input, in `STATE_FIELDS` order (those of `click_step.init_state`)."""
+        from fcfi_jax.inference.click_step import init_state
+
+        return list(jax.eval_shape(lambda: init_state(self.config())))
 
     def input_structs(self):
         s = jax.ShapeDtypeStruct
@@ -94,12 +91,10 @@ class StepSpec:
 
 
 def initial_state(spec: StepSpec) -> dict:
-    """The state of a fresh session as numpy arrays by input name (what `click_step.init_state` makes)."""
-    z = np.zeros((spec.height, spec.width), np.float32)
-    state = {"probs": z, "uf1": z, "uf2": z, "zmap": z, "has_zmap": np.bool_(False), "roi": np.zeros(4, np.int32),
-             "has_roi": np.bool_(False), "clicks": np.full((spec.max_clicks, 3), -1, np.int32),
-             "n_clicks": np.int32(0), "first_gate": np.float32(0.0), "net_hw": np.zeros(2, np.int32)}
-    return {f"state_{k}": np.array(v) for k, v in state.items()}
+    """The state of a fresh session as numpy arrays by input name (`click_step.init_state`)."""
+    from fcfi_jax.inference.click_step import init_state
+
+    return {f"state_{k}": np.asarray(v) for k, v in init_state(spec.config())._asdict().items()}
 
 
 def step_function(model, spec: StepSpec):
