@@ -431,3 +431,16 @@ def test_main_bad_input_is_one_line(cli_env, extra, message):
     assert "Traceback" not in p.stderr
     errors = [line for line in p.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 or "invalid config" in p.stderr, p.stderr
+
+
+def test_coco_objects_with_missing_or_repeated_ids_are_all_kept(tmp_path):
+    """Objects are keyed by id downstream: a repeated or missing annotation id must not merge two objects."""
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((12, 12, 3), np.uint8))
+    square = lambda y, x: [[x, y, x + 3, y, x + 3, y + 3, x, y + 3]]
+    anns = [{"id": 5, "segmentation": square(1, 1)}, {"id": 5, "segmentation": square(1, 7)},
+            {"segmentation": square(7, 1)}, {"id": 6, "segmentation": square(7, 7)}]
+    rec = own_data.coco_record("a.png", tmp_path / "a.png", {}, anns, "c.json")
+    layers = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED) for b in rec["layers"]]
+    masks = {o["id"]: layers[o["layer"]] == o["value"] for o in json.loads(rec["objects"])["objects"]}
+    assert sorted(masks) == [5, 6, 7, 8]   # the first 5 and the 6 keep their ids, the others get fresh ones
+    assert [int(masks[k][y, x]) for k, (y, x) in zip((5, 6, 7, 8), [(2, 2), (8, 8), (2, 8), (8, 2)])] == [1, 1, 1, 1]

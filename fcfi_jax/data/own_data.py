@@ -349,6 +349,7 @@ def coco_record(file_name: str, image_path: Path, entry: dict, anns: list, json_
         raise ValueError(f"{what}: {json_name} gives image {file_name!r} as {entry['height']}x{entry['width']} "
                          f"(HxW) but {image_path} is {h}x{w}: fix the JSON or the image")
     masks, ids, ignore = [], [], np.zeros((h, w), bool)
+    given = [a["id"] for a in anns if isinstance(a.get("id"), int)]
     for k, ann in enumerate(anns):
         seg = ann.get("segmentation")
         if not seg:
@@ -359,7 +360,9 @@ def coco_record(file_name: str, image_path: Path, entry: dict, anns: list, json_
             ignore |= m
         elif m.any():
             masks.append(m)
-            ids.append(int(ann["id"]) if isinstance(ann.get("id"), int) else k + 1)
+            # Objects are keyed by id downstream: a missing or repeated id gets a fresh one, never a shared one.
+            i = ann.get("id")
+            ids.append(i if isinstance(i, int) and i > 0 and i not in ids else max([*ids, *given], default=0) + 1)
     return _record(file_name, image_bytes, masks, ids, ignore if ignore.any() else None, (h, w))
 
 
