@@ -118,7 +118,7 @@ def test_folder_saves_after_every_object_and_continues(folder, tmp_path):
     assert s["project"]["done"] == 1
     saved = json.loads(out.read_text())
     assert [a["id"] for a in saved["annotations"]] == [1, 2] and saved["images"][0]["fcfi_done"] is True
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]   # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco.json", "images"]   # no temporary file left behind
 
     # a restart (new Project on the same file): image b has its two objects, the first image not done opens first
     app2 = DemoApp(box_net, zoom_in=None, with_flip=False, project=Project(folder, out))
@@ -155,7 +155,7 @@ def test_failed_or_conflicting_writes_never_lose_the_file(folder, tmp_path, monk
     monkeypatch.setattr(os, "replace", disk_full)
     s = annotate(app, sid, [(30, 80, True)], "dog")
     assert "could not save" in s["save_error"] and "No space left on device" in s["save_error"]
-    assert out.read_bytes() == before and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["coco.json", "images"]
     monkeypatch.undo()
     s = app.update_object(sid, s["objects"][0]["id"], "tiger")   # the next change saves everything
     assert s["save_error"] is None and len(json.loads(out.read_text())["annotations"]) == 2
