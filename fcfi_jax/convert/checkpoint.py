@@ -28,6 +28,11 @@ def convert_official(path, progress=None) -> tuple[ISModel, dict]:
 
     progress(done, total): called while reading, per tensor record (see `torch_pickle.load_torch_file`)."""
     state_dict, official_config = read_official_checkpoint(path, progress)
+    return model_from_official(state_dict, official_config, path)
+
+
+def model_from_official(state_dict: dict, official_config: dict | None, path, seed: int = 0) -> tuple[ISModel, dict]:
+    """`convert_official` of a checkpoint's parts (`torch_pickle.official_parts`); path: for messages."""
     if official_config is None:
         raise CheckpointError(f"{path} holds a bare state_dict without the official 'config' entry; "
                               "the architecture cannot be known. Save it with the official save_checkpoint.")
@@ -36,7 +41,7 @@ def convert_official(path, progress=None) -> tuple[ISModel, dict]:
         cfg = config_from_official(official_config)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: {e}") from None
-    model = build_model(cfg)
+    model = build_model(cfg, seed=seed)
     report = load_official_state_dict(model, state_dict)
     report.update(source=str(path), model_class=official_config["class"])
     return model, report

@@ -280,7 +280,11 @@ def read_official_checkpoint(path, progress=None) -> tuple[dict[str, np.ndarray]
 
     The config comes back unchecked: `fcfi_jax.convert.config_schema` validates it before anything uses it.
     progress: as in `load_torch_file`."""
-    obj = load_torch_file(path, progress)
+    return official_parts(load_torch_file(path, progress), path)
+
+
+def official_parts(obj, path) -> tuple[dict[str, np.ndarray], dict | None]:
+    """`read_official_checkpoint` of a file's already loaded content `obj` (path: for messages)."""
 
     def is_state_dict(d):
         return isinstance(d, dict) and all(isinstance(k, str) and len(k) <= 512 and isinstance(v, np.ndarray)

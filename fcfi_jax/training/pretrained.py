@@ -79,16 +79,9 @@ def load_init(build, path, fmt: str = "auto", seed: int = 0):
         if not official:
             raise CheckpointError(f"{path} is not a whole FCFI checkpoint ({{'state_dict', 'config'}} as the official "
                                   f"save_checkpoint writes): for ImageNet backbone weights use init_format='auto'")
-        from fcfi_jax.convert.config_schema import validate_official_config
-        from fcfi_jax.convert.mapping import load_official_state_dict
-        from fcfi_jax.models.is_model import build_model, config_from_official
-        try:
-            validate_official_config(obj["config"])
-            cfg = config_from_official(obj["config"])
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: {e}") from None
-        model = build_model(cfg, seed=seed)
-        report = load_official_state_dict(model, dict(obj["state_dict"]))
+        from fcfi_jax.convert.checkpoint import model_from_official
+        from fcfi_jax.convert.torch_pickle import official_parts
+        model, report = model_from_official(*official_parts(obj, path), path, seed=seed)
         return model, {"format": "fcfi", "loaded": report["variables"]}
     model = build()
     return model, load_pretrained(model, path, fmt, state=obj)
