@@ -11,7 +11,7 @@ from fcfi_jax.data.readers import get_dataset
 from fcfi_jax.evaluation.lockstep import LockstepEvaluator
 
 
-def replay(fixtures_dir, data_dir, record, checkpoint, n_images=None, n_clicks=20, batch=5):
+def replay(fixtures_dir, data_dir, record, checkpoint, n_images=None, n_clicks=20, batch=5, iou_atol=1e-4):
     rec = json.loads((fixtures_dir / record).read_text())
     refs = rec["per_image"][:n_images]
     ds = get_dataset("GrabCut", data_dir / "GrabCut")
@@ -21,6 +21,7 @@ def replay(fixtures_dir, data_dir, record, checkpoint, n_images=None, n_clicks=2
                            zoom_in=(zp["target_size"], zp["expansion_ratio"]), batch=batch)
     res = ev.evaluate(ds, n_clicks, [r["index"] for r in refs], progress=False)
     assert ev.compile_count == 1
+    worst = 0.0
     for ref, ours in zip(refs, res["per_image"]):
         assert ours["index"] == ref["index"]
         assert ours["clicks"] == [[c["y"], c["x"], c["is_positive"]] for c in ref["clicks"][:n_clicks]], ref["index"]
@@ -28,7 +29,9 @@ def replay(fixtures_dir, data_dir, record, checkpoint, n_images=None, n_clicks=2
             assert o["zoom_roi_rmin_rmax_cmin_cmax"] == t["zoom_roi_rmin_rmax_cmin_cmax"], (ref["index"], k)
             nchw = t["net_input_shape"]
             assert o["net_input_shape"] == [nchw[0], nchw[2], nchw[3], nchw[1]], (ref["index"], k)
-        np.testing.assert_allclose(ours["iou"], ref["iou"][:n_clicks], rtol=0, atol=1e-4, err_msg=str(ref["index"]))
+        worst = max(worst, float(np.abs(np.asarray(ours["iou"]) - np.asarray(ref["iou"][:n_clicks])).max()))
+    print(f"{record}: {len(refs)} images x {n_clicks} clicks, clicks and boxes equal, IoU max abs difference {worst:.1e}")
+    assert worst <= iou_atol
 
 
 def test_clicky_record_first_clicks(fixtures_dir, data_dir):
