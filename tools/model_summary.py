@@ -29,7 +29,7 @@ def summarize(model, size, batch=1, depth=2):
     pts = jnp.full((batch, 2, 3), -1.0).at[:, 0].set(jnp.asarray([h // 2, w // 2, 0.0]))
     new = jnp.asarray([[[h // 2, w // 2, 1]]] * batch, jnp.int32)
     graphdef, state = nnx.split(model)
-    f = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a, is_training=False))
+    f = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
     t0 = time.time()
     compiled = f.lower(state, x, pts, new, jnp.float32(1.0)).compile()
     cost = compiled.cost_analysis()
