@@ -134,7 +134,7 @@ def test_install_without_train_extra_has_no_tensorflow(venv, work):
     where = venv.run(venv.python, "-c", "import fcfi_jax; print(fcfi_jax.__file__)", cwd=work).stdout.strip()
     package = pathlib.Path(where).parent
     assert package.is_relative_to(venv.root)
-    assert (package / "demo" / "static" / "index.html").is_file() and list((package / "models").glob("*.cc"))
+    assert (package / "demo" / "static" / "index.html").is_file() and list((package / "ops").glob("*.cc"))
 
 
 def test_convert_and_predict_without_tensorflow(venv, work, converted, data_dir):

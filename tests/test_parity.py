@@ -70,7 +70,7 @@ def hrnet18s(fixtures_dir):
 
 
 @pytest.mark.parametrize("which,cpu", [("native", False), ("crop333x417", False), ("native", True),
-                                       ("crop333x417", True)])
+                                       pytest.param("crop333x417", True, marks=pytest.mark.slow)])  # CI time
 def test_hrnet18s_matches_official(hrnet18s, fixtures_dir, which, cpu):
     """cpu=True: with the CPU kernels (`ops.cpu_kernels()`, fcfi_jax/ops/), the direct 3x3 kernel included."""
     from fcfi_jax.ops import direct_conv
