@@ -129,6 +129,28 @@ def test_argument_errors(kernel):
         direct_conv.conv3x3(x, jnp.zeros((1, 1, 16, 16)))
 
 
+def test_vmap_folds_the_mapped_axis_into_the_kernel_batch(kernel):
+    """The batching rule (the lockstep evaluator vmaps the click step over samples): a vmapped call, nested or
+    with per-sample valid sizes and residuals, is ONE kernel call equal to calling each sample alone;
+    per-sample weights fall back to one call per sample."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((3, 2, 10, 12, 32)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 32, 16)) * 0.1, jnp.float32)
+    res = jnp.asarray(rng.standard_normal((3, 2, 10, 12, 16)), jnp.float32)
+    valid = jnp.asarray([[[9, 10], [10, 12]], [[10, 12], [10, 12]], [[3, 5], [10, 12]]], jnp.int32)
+    f = lambda x, r, v: direct_conv.conv(x, w, 1, residual=r, relu=True, valid_hw=v, shift=jnp.ones(16))
+    vf = jax.jit(jax.vmap(f))
+    want = np.stack([np.asarray(f(x[i], res[i], valid[i])) for i in range(3)])
+    np.testing.assert_array_equal(np.asarray(vf(x, res, valid)), want)
+    assert vf.lower(x, res, valid).as_text().count(f"@{TARGET}(") == 1
+    g = lambda x, v: direct_conv.conv(x[None], w, 2, valid_hw=v)[0]
+    nested = jax.vmap(jax.vmap(g))(x, valid)
+    np.testing.assert_array_equal(np.asarray(nested), np.stack([np.stack([np.asarray(g(x[i, j], valid[i, j]))
+                                                                          for j in range(2)]) for i in range(3)]))
+    per_weight = jax.vmap(lambda w: direct_conv.conv(x[0], w, 1))(jnp.stack([w, 2 * w]))
+    np.testing.assert_array_equal(np.asarray(per_weight[1]), np.asarray(direct_conv.conv(x[0], 2 * w, 1)))
+
+
 def _module_hlo(module, x, kernels, hw=None):
     graphdef, state = nnx.split(module)
 

@@ -47,11 +47,13 @@ __all__ = ["LockstepEvaluator"]
 class LockstepEvaluator:
     """Compiled lockstep click of one model; `evaluate(dataset, ...)` gives `evaluate_dataset`'s results dict.
 
-    zoom_in: (target, expansion) or None; batch: samples per step (rounded up to a multiple of the devices).
+    zoom_in: (target, expansion) or None; batch: samples per step (rounded up to a multiple of the devices);
+    kernels: the `fcfi_jax.ops.Kernels` of the network (default `ops.for_backend()`: on CPU the direct kernel,
+    whose batching rule folds the samples into its batch axis).
     """
 
     def __init__(self, model, zoom_in=None, with_flip=True, batch=8, canvas_step=EVAL_CANVAS_STEP, mesh=None,
-                 dtype=jnp.float32, prob_thresh=0.49):
+                 dtype=jnp.float32, prob_thresh=0.49, kernels=None):
         from flax import nnx
 
         if int(batch) < 1:
@@ -66,7 +68,7 @@ class LockstepEvaluator:
         self.prob_thresh = prob_thresh
         self.ffcm_ratio = model.feature_extractor.correction_module.expan_ratio
         graphdef, state = nnx.split(model)
-        self._net = model_net(graphdef, ops.for_backend(direct_conv=False))  # the kernel has no batching rule
+        self._net = model_net(graphdef, ops.for_backend() if kernels is None else kernels)
         self._rep, self._shard = data_shardings(self.mesh)
         self.params = self._replicate(state)
         # The batch rows that this process's devices hold (all of them with one process), in the order
@@ -105,10 +107,14 @@ class LockstepEvaluator:
                 return state, mask, not_clicked, info   # info: fresh arrays, the state is donated
 
             batched = jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0, 0, 0, 0))
-            # explicit shardings: the outputs fed back next click keep exactly the input sharding (a sharding
-            # chosen by the partitioner could differ and make the second click compile again)
+            # Samples are independent: each device runs the vmapped click on its own rows (shard_map), with no
+            # communication and no partitioner choices (the CPU kernel, a custom call, would otherwise be
+            # gathered onto every device). Explicit shardings: the outputs fed back next click keep exactly the
+            # input sharding, so the second click does not compile again.
             rep, shd = self._rep, self._shard
-            self._fns[cfg] = jax.jit(batched, in_shardings=(rep, rep) + (shd,) * 7, out_shardings=shd,
+            local = jax.shard_map(batched, mesh=self.mesh, in_specs=(rep.spec, rep.spec) + (shd.spec,) * 7,
+                                  out_specs=shd.spec)
+            self._fns[cfg] = jax.jit(local, in_shardings=(rep, rep) + (shd,) * 7, out_shardings=shd,
                                      donate_argnums=(4, 7, 8))
         return self._fns[cfg]
 
@@ -135,7 +141,8 @@ class LockstepEvaluator:
         real = len(samples)
         rows = self.local_rows
         n = len(rows)
-        imgs = np.zeros((n, hc, wc, 3), np.dtype(self.dtype))
+        dt = np.dtype(self.dtype)
+        imgs = np.zeros((n, hc, wc, 3), dt)
         gts = np.zeros((n, hc, wc), np.int32)
         hws = np.zeros((n, 2), np.int32)
         read = {}
@@ -145,7 +152,7 @@ class LockstepEvaluator:
                 read[r] = samples[r]
             image, gt = read[r]
             h, w = gt.shape
-            imgs[j, :h, :w] = image.astype(np.float32) / np.float32(255)   # torchvision ToTensor
+            imgs[j, :h, :w] = image.astype(dt) / dt.type(255)   # torchvision ToTensor (in float64: as the host)
             gts[j, :h, :w] = gt
             hws[j] = h, w
         del read

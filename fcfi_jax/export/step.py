@@ -135,8 +135,9 @@ def _distinct(outputs, inputs=()):
 
 
 def reference_step(model, spec: StepSpec):
-    """fcfi_jax's own step for `spec`, as the lockstep evaluator runs it (vmapped FFCM window, the model's
-    division, no export substitutions): g(image, hw, click, state: ClickState) -> (state, probs, mask), jitted."""
+    """fcfi_jax's own step for `spec` as the lockstep evaluator runs it, on XLA's convolutions (vmapped FFCM
+    window, the model's division, no export substitutions): g(image, hw, click, state: ClickState) ->
+    (state, probs, mask), jitted."""
     from fcfi_jax.inference.click_step import click_step, make_tables, model_net
 
     cfg = spec.config()

@@ -155,10 +155,42 @@ def conv(x, w, stride: int = 1, padding: int | None = None, dilation: int = 1, *
     valid = jnp.asarray((ho, wo) if valid_hw is None else valid_hw, jnp.int32)
     valid = jnp.broadcast_to(valid, (b, 2))
     res = jnp.zeros((0,), jnp.float32) if residual is None else residual.astype(jnp.float32)
-    out = jax.ShapeDtypeStruct((b, ho, wo, co), jnp.float32)
-    return jax.ffi.ffi_call(_TARGET, out)(x, w.astype(jnp.float32), f32(scale, 1.0), f32(shift, 0.0), res, valid,
-                                          stride=int(stride), dilation=int(dilation), relu=int(relu),
-                                          has_residual=int(residual is not None), method=_METHODS[method])
+    call = _kernel_call(int(stride), int(dilation), bool(relu), residual is not None, _METHODS[method])
+    return call(x, w.astype(jnp.float32), f32(scale, 1.0), f32(shift, 0.0), res, valid)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_call(stride: int, dilation: int, relu: bool, has_residual: bool, method: int):
+    """The FFI call for these static settings, with a batching rule: under `jax.vmap` (the lockstep evaluator
+    vmaps the click step over samples) the mapped axis is folded into the kernel's own batch axis, so a batch of
+    N samples is one kernel call on N * B images; per-sample weights (never the case in this project) run one
+    call per sample."""
+
+    def call(x, w, scale, shift, res, valid):
+        b, h, wd, _ = x.shape
+        out = jax.ShapeDtypeStruct((b, (h - 1) // stride + 1, (wd - 1) // stride + 1, w.shape[-1]), jnp.float32)
+        return jax.ffi.ffi_call(_TARGET, out)(x, w, scale, shift, res, valid, stride=stride, dilation=dilation,
+                                              relu=int(relu), has_residual=int(has_residual), method=method)
+
+    call = jax.custom_batching.custom_vmap(call)
+
+    @call.def_vmap
+    def _batched(axis_size, in_batched, x, w, scale, shift, res, valid):
+        n = axis_size
+        full = lambda a, batched: a if batched else jnp.broadcast_to(a, (n,) + a.shape)
+        xb, wb, sb, hb, rb, vb = in_batched
+        if wb or sb or hb:
+            pick = lambda a, batched, i: a[i] if batched else a
+            outs = [call(*(pick(a, bt, i) for a, bt in zip((x, w, scale, shift, res, valid), in_batched)))
+                    for i in range(n)]
+            return jnp.stack(outs), True
+        fold = lambda a: a.reshape((-1,) + a.shape[2:])   # (N, B, ...) -> (N * B, ...)
+        x2, valid2 = fold(full(x, xb)), fold(full(valid, vb))
+        res2 = fold(full(res, rb)) if has_residual else res
+        y = call(x2, w, scale, shift, res2, valid2)
+        return y.reshape((n, -1) + y.shape[1:]), True
+
+    return call
 
 
 def conv3x3(x, w, stride: int = 1, padding: int | None = None, dilation: int = 1, **epilogue):
