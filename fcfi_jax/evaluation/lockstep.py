@@ -37,7 +37,7 @@ from fcfi_jax.distributed import data_mesh, data_shardings
 from fcfi_jax.evaluation.device_clicker import clicker_inputs, next_click
 from fcfi_jax.evaluation.metrics import _ratio, compute_noc_metrics
 from fcfi_jax.inference.click_step import StepConfig, click_step, init_state, make_tables, model_net
-from fcfi_jax.inference.defaults import EVAL_CANVAS_STEP
+from fcfi_jax.inference.defaults import EVAL_CANVAS_STEP, points_rows
 from fcfi_jax.inference.runner import canvas_size
 from fcfi_jax.progress import Progress
 
@@ -129,9 +129,9 @@ class LockstepEvaluator:
             t = canvas_size(self.zoom_in[0], self.zoom_in[0], self.canvas_step)
             hn, wn = max(hn, t[0]), max(wn, t[1])
         slots = max(1, n_clicks)
-        n_pts = -(-slots // 24) * 24   # the host predictor's points bucket
         return StepConfig(image_canvas=(hc, wc), net_canvas=(hn, wn), zoom_in=self.zoom_in,
-                          with_flip=self.with_flip, prob_thresh=self.prob_thresh, max_clicks=slots, points_n=n_pts)
+                          with_flip=self.with_flip, prob_thresh=self.prob_thresh, max_clicks=slots,
+                          points_n=points_rows(slots))
 
     def run_batch(self, cfg, tables, samples, n_clicks):
         """samples: sequence of (image uint8 (H, W, 3), gt (H, W)) of length <= batch; returns per-sample

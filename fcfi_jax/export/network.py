@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from fcfi_jax import ops
+from fcfi_jax.inference.defaults import POINTS_BUCKET
 from fcfi_jax.models.fcfi_modules import ffcm_half_size
 
 INPUTS = ("image", "points", "new_points", "gate", "valid_hw")
@@ -37,13 +38,14 @@ class ExportSpec:
 
     height, width: the canvas (largest input served) or, with exact=True, the only input size.
     batch: 1, or 2 for the flip test-time augmentation in one call (image and its mirror).
-    max_clicks: N, the points tensor holds N positive then N negative rows (the predictor's bucket of 24).
+    max_clicks: N, the points tensor holds N positive then N negative rows (default: the predictor's bucket,
+    `defaults.POINTS_BUCKET`).
     """
 
     height: int
     width: int
     batch: int = 1
-    max_clicks: int = 24
+    max_clicks: int = POINTS_BUCKET
     exact: bool = False
     dtype: str = "float32"
 

@@ -24,6 +24,7 @@ from flax import nnx
 
 from fcfi_jax import ops
 from fcfi_jax.inference.click_step import ClickState
+from fcfi_jax.inference.defaults import POINTS_BUCKET, points_rows
 
 # ClickState's fields, in its order: the names of the state inputs (prefixed state_) and outputs (new_state_).
 STATE_FIELDS = ClickState._fields
@@ -43,7 +44,7 @@ class StepSpec:
     width: int
     zoom_in: tuple | None = (720, 3.0)
     flip: bool = True
-    max_clicks: int = 24
+    max_clicks: int = POINTS_BUCKET
     prob_thresh: float = 0.49
     dtype: str = "float32"
 
@@ -64,11 +65,10 @@ class StepSpec:
     def config(self):
         from fcfi_jax.inference.click_step import StepConfig
 
-        # points_n: the host predictor's bucket of 24 point rows (padding rows do not change the result)
         return StepConfig(image_canvas=(self.height, self.width), net_canvas=self.net_canvas,
                           zoom_in=tuple(self.zoom_in) if self.zoom_in else None, with_flip=self.flip,
                           prob_thresh=self.prob_thresh, max_clicks=self.max_clicks,
-                          points_n=-(-self.max_clicks // 24) * 24)
+                          points_n=points_rows(self.max_clicks))
 
     def state_structs(self):
         """jax.ShapeDtypeStruct of each state input, in `STATE_FIELDS` order (those of `click_step.init_state`)."""

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcfi_jax.inference.defaults import POINTS_BUCKET
 from fcfi_jax.models.rounding import div_f32
 
 __all__ = ["StepConfig", "StepTables", "ClickState", "init_state", "click_step", "make_tables", "points_from_clicks"]
@@ -54,8 +55,8 @@ class StepConfig:
     zoom_in: tuple | None = None
     with_flip: bool = True
     prob_thresh: float = 0.49
-    max_clicks: int = 24
-    points_n: int = 24
+    max_clicks: int = POINTS_BUCKET
+    points_n: int = POINTS_BUCKET
     skip_clicks: int = 1
     min_crop_size: int = 200
     recompute_thresh_iou: float = 0.5

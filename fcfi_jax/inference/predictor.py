@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .defaults import POINTS_BUCKET
 from .transforms import ZoomIn, flip_clicks, flip_w, resize_ac
 
 
@@ -98,7 +99,7 @@ class Predictor:
     network input ("float32"; "float64" with a float64 model and runner, for float64 results end to end).
     """
 
-    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=24, dtype="float32"):
+    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=POINTS_BUCKET, dtype="float32"):
         if int(max_points_bucket) < 1:
             raise ValueError(f"max_points_bucket must be >= 1, got {max_points_bucket}")
         if np.dtype(dtype) not in (np.float32, np.float64):
