@@ -115,9 +115,9 @@ def _free_port():
 
 def test_two_processes_of_four_devices_equal_one_device(batch1, tmp_path):
     """`python -m fcfi_jax.evaluate --batch 8` as 2 processes (CPU collectives over localhost) of 4 simulated
-    devices each: process 1 reads and runs rows 4-7 of the batch (3 samples and the padding row), both processes
-    get all the records, process 0 writes results.json and process 1 nothing; the clicks, ROIs and IoUs are those
-    of the 1-device batch-1 run."""
+    devices each: process 1 reads and runs rows 4-7 of the batch (3 samples and the padding row), the processes
+    share the first pass (shapes) and both get all the records, process 0 writes results.json and process 1
+    nothing; the clicks, ROIs and IoUs are those of the 1-device batch-1 run."""
     from fcfi_jax.convert.checkpoint import save_converted
     from fcfi_jax.models.is_model import build_model
 
@@ -147,6 +147,9 @@ def test_two_processes_of_four_devices_equal_one_device(batch1, tmp_path):
     assert "of 2 processes" in r["timing"]["note"] and r["protocol"]["compilations"] == 1
     assert summary(r) == got[0]
     assert not (tmp_path / "out1").exists() and "wrote" not in outs[1]
+    # the first pass (shapes) is shared: each corrupt sample is read, and reported, by one process
+    assert "skipping Small sample 2:" in outs[0] and "skipping Small sample 2:" not in outs[1]
+    assert "skipping Small sample 7:" in outs[1] and "skipping Small sample 7:" not in outs[0]
     assert_same_as_mirrored(batch1, got[0], n_clicks)
 
 

@@ -11,10 +11,10 @@ and IoU counts of all n_clicks steps are fetched once per batch.
 Several processes (multi-host, `jax.distributed`; `python -m fcfi_jax.evaluate --batch N
 --coordinator_address=... --num_processes=... --process_id=...`, fcfi_jax/distributed.py): the mesh spans the
 devices of every process; each process reads and uploads only the rows of the batch its own devices hold
-(`jax.make_array_from_process_local_data`), and the per-click records are replicated to every process once per
-batch (one small all-gather program), so every process returns the whole results dict; the CLI writes the
-reports from process 0 only. With one process the arrays, programs and results are those of a plain
-`jax.device_put` of the whole batch. Tested (tests/test_lockstep.py): a batch of 3 on one device, a batch of 8 on
+(`jax.make_array_from_process_local_data`) and, in the first pass (shapes), every process_count-th sample; the
+per-click records are replicated to every process once per batch (one small all-gather program), so every
+process returns the whole results dict; the CLI writes the reports from process 0 only. With one process the
+arrays, programs and results are those of a plain `jax.device_put` of the whole batch. Tested (tests/test_lockstep.py): a batch of 3 on one device, a batch of 8 on
 8 simulated CPU devices, and a batch of 8 on 2 processes of 4 simulated CPU devices each (through the CLI, 2
 clicks) give the same clicks, ROIs and IoUs (within 1e-6) as a batch of 1 on one device.
 
@@ -25,6 +25,7 @@ is rounded up to a multiple of the device count. One compilation per dataset (ca
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -215,13 +216,7 @@ class LockstepEvaluator:
         t_start = time.perf_counter()
         # Two passes keep memory at one batch of samples: the first reads each sample once for its shape (the
         # shared canvas is sized from all of them) and reports unreadable ones; the second loads batch by batch.
-        shapes, names = {}, {}
-        for i in indices:
-            try:
-                s = dataset[i]
-                shapes[i], names[i] = s.gt.shape, s.name
-            except ValueError as e:   # corrupt image or mask: report it and evaluate the rest
-                print(f"evaluate: skipping {dataset.name} sample {i}: {e}", file=sys.stderr)
+        shapes, names = _scan(dataset, indices)
         kept = [i for i in indices if i in shapes]
         samples, all_ious = [], []
         if kept:
@@ -255,6 +250,31 @@ class LockstepEvaluator:
                                "device program, so model = wall"},
             "per_image": samples,
         }
+
+
+def _scan(dataset, indices):
+    """{index: gt shape}, {index: name} of the readable samples; unreadable ones (a corrupt image or mask) are
+    reported on stderr and left out. With several processes each reads every process_count-th sample and the
+    processes exchange what they found (one all-gather of a few bytes per sample), so the dataset is read once in
+    all, not once per process."""
+    count, rank = jax.process_count(), jax.process_index()
+    found = []
+    for i in indices[rank::count]:
+        try:
+            s = dataset[i]
+            found.append((int(i), [int(v) for v in s.gt.shape], str(s.name)))
+        except ValueError as e:   # corrupt image or mask: report it and evaluate the rest
+            print(f"evaluate: skipping {dataset.name} sample {i}: {e}", file=sys.stderr)
+    if count > 1:
+        from jax.experimental import multihost_utils
+
+        blob = np.frombuffer(json.dumps(found).encode(), np.uint8)
+        sizes = multihost_utils.process_allgather(np.array([blob.size], np.int64))
+        padded = np.zeros(int(np.max(sizes)), np.uint8)
+        padded[:blob.size] = blob
+        gathered = multihost_utils.process_allgather(padded)
+        found = [row for part, n in zip(gathered, np.ravel(sizes)) for row in json.loads(part[:n].tobytes())]
+    return ({i: tuple(shape) for i, shape, _ in found}, {i: name for i, _, name in found})
 
 
 class _Samples:
