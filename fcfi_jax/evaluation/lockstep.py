@@ -8,15 +8,16 @@ the batch at once, the official next click (`device_clicker.next_click`) and the
 each run their share of the samples. The session state stays on the device between clicks; the clicks, ROIs
 and IoU counts of all n_clicks steps are fetched once per batch.
 
-Several processes (multi-host, `jax.distributed`; `python -m fcfi_jax.evaluate --batch N
---coordinator_address=... --num_processes=... --process_id=...`, fcfi_jax/distributed.py): the mesh spans the
-devices of every process; each process reads and uploads only the rows of the batch its own devices hold
+Several processes (multi-host, `jax.distributed`; `python -m fcfi_jax.evaluate --batch N --coordinator_address=...
+--num_processes=... --process_id=...`, fcfi_jax/distributed.py): the mesh spans the devices of every process; each
+process reads and uploads only the rows of the batch its own devices hold
 (`jax.make_array_from_process_local_data`) and, in the first pass (shapes), every process_count-th sample; the
-per-click records are replicated to every process once per batch (one small all-gather program), so every
-process returns the whole results dict; the CLI writes the reports from process 0 only. With one process the
-arrays, programs and results are those of a plain `jax.device_put` of the whole batch. Tested (tests/test_lockstep.py): a batch of 3 on one device, a batch of 8 on
-8 simulated CPU devices, and a batch of 8 on 2 processes of 4 simulated CPU devices each (through the CLI, 2
-clicks) give the same clicks, ROIs and IoUs (within 1e-6) as a batch of 1 on one device.
+per-click records are replicated to every process once per batch (one small all-gather program), so every process
+returns the whole results dict; the CLI writes the reports from process 0 only. With one process the arrays,
+programs and results are those of a plain `jax.device_put` of the whole batch. Tested (tests/test_lockstep.py): a
+batch of 3 on one device, a batch of 8 on 8 simulated CPU devices, and a batch of 8 on 2 processes of 4 simulated
+CPU devices each (through the CLI, 2 clicks) give the same clicks, ROIs and IoUs (within 1e-6) as a batch of 1 on
+one device.
 
 Images of different sizes share one image canvas (the largest of the dataset, rounded up to `canvas_step`)
 with per-sample valid sizes; the network runs on one net canvas holding the image canvas and the zoom
