@@ -288,6 +288,23 @@ def test_export_that_does_not_reproduce_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.jaxexport", "tiny.jaxexport.json"]
 
 
+def test_step_verification_compares_the_mask_away_from_the_threshold():
+    """The click step's verification (`_compare_step`): a mask pixel may differ only where the probabilities are
+    within their own error of the threshold; elsewhere, as any integer state, it must be equal."""
+    from fcfi_jax.export import _compare_step
+    from fcfi_jax.export.step import STEP_OUTPUTS
+
+    probs = np.array([[0.1, 0.49002], [0.9, 0.3]], np.float32)
+    want = [probs, probs > 0.49] + [np.zeros(2, np.int32)] * (len(STEP_OUTPUTS) - 2)
+    assert _compare_step(want, want, 0.49) == ({"probs": 0.0}, [])
+    near = [probs + np.float32(3e-5), want[1].copy()] + want[2:]
+    near[1][0, 1] = False   # 0.49002 - 3e-5 would be below: a rounding may cross the threshold there
+    assert _compare_step(near, want, 0.49)[1] == []
+    far = [probs, want[1].copy()] + want[2:]
+    far[1][1, 0] = False    # 0.9 is no rounding away from 0.49
+    assert _compare_step(far, want, 0.49)[1] == ["mask"]
+
+
 # Replays clicks through an exported click step with jax only (fcfi_jax and flax blocked): inputs by the
 # sidecar's names and order, the state fed back from the new_state_* outputs.
 STEP_REPLAY = r'''

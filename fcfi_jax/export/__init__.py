@@ -250,9 +250,10 @@ def _install(tmp, tmp_dir, output, sidecar):
     return sidecar
 
 
-def _compare_step(got, want):
+def _compare_step(got, want, prob_thresh):
     """Max abs error of each float output of the click step, and whether every integer and bool output is equal
-    (both runs get the same state, so the zoom-in box, sizes and clicks must agree exactly)."""
+    (both runs get the same state, so the zoom-in box, sizes and clicks must agree exactly). The mask may differ
+    only where the probabilities are within their own error of `prob_thresh` (a rounding can cross it)."""
     from fcfi_jax.export.step import STEP_OUTPUTS
 
     errors, mismatched = {}, []
@@ -264,6 +265,11 @@ def _compare_step(got, want):
             errors[name] = float(np.max(np.abs(a.astype(np.float64) - b))) if np.all(np.isfinite(a)) else float("inf")
         elif name != "mask" and not np.array_equal(a, b):
             mismatched.append(name)
+    i, j = STEP_OUTPUTS.index("probs"), STEP_OUTPUTS.index("mask")
+    if "probs" in errors and np.shape(got[j]) == np.shape(want[j]):
+        near = np.abs(np.asarray(want[i], np.float64) - prob_thresh) <= errors["probs"]
+        if np.any((np.asarray(got[j]) != np.asarray(want[j])) & ~near):
+            mismatched.append("mask")
     return errors, mismatched
 
 
@@ -274,7 +280,8 @@ def export_step(model, spec, fmt: str, output: str, tolerance: float = DEFAULT_T
     Verified like `export_model`: the written file is loaded back and run for three clicks of a synthetic
     session, each click given the same state as the JAX step (with zoom-in, a synthetic object as the zoom map
     of clicks 2 and 3, so that they run zoomed); probabilities and feedback maps must match within `tolerance`,
-    the integer state (zoom box, sizes, clicks) exactly, or ExportError and nothing is written.
+    the integer state (zoom box, sizes, clicks) exactly, the mask wherever the probabilities are not within their
+    error of the threshold, or ExportError and nothing is written.
     """
     import time
 
@@ -313,7 +320,7 @@ def export_step(model, spec, fmt: str, output: str, tolerance: float = DEFAULT_T
                 msg = (str(e).strip().splitlines() or [type(e).__name__])[-1]
                 raise ExportError(f"the {fmt} click step was written but cannot be run: {msg} (nothing written)") from None
             want = [np.asarray(o) for o in ref(*(feed[n] for n in names))]
-            errors, mismatched = _compare_step(got, want)
+            errors, mismatched = _compare_step(got, want, spec.prob_thresh)
             if mismatched:
                 raise ExportError(f"the {fmt} click step does not reproduce the model: click {k + 1} gives another "
                                   f"{', '.join(mismatched)} (nothing written)")
