@@ -85,8 +85,8 @@ def test_random_record(fixtures_dir, data_dir):
     again in float64, which must: the same clicks, zoom-in boxes and input shapes, and IoU within 2e-4, the
     record's own float32 error (measured 1.68e-4). The float32 replay must have the same boxes wherever the clicks
     agree and IoU within 5e-4 before any differing click (2x the 2.6e-4 measured). 2026-12-06, 2-core CPU: float32
-    2.2e-4 at most, three images replayed in float64 (23: 8.9e-5, 43: same clicks and 2.0e-5, 47: 1.68e-4); 29
-    minutes."""
+    2.6e-4 at most (2.2e-4 with the direct CPU kernel), the same three images replayed in float64 either way (23:
+    8.9e-5, 43: same clicks and 2.0e-5, 47: 1.68e-4); about 50 minutes (29 with the kernel)."""
     import jax
 
     rows = replay(fixtures_dir, data_dir, "eval_grabcut_hrnet18s_random.json", "hrnet18s_random.pth", batch=10)

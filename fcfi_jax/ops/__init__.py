@@ -5,10 +5,11 @@ slices. A `Kernels` value names the faster or more portable forms to use instead
 once and hands it to the model with `use_kernels(model, kernels)` (an NNX attribute on every layer, like
 its train/eval mode):
 
-- `CanvasRunner` (predictor, demo, `evaluate`), the lockstep evaluator (`evaluate --batch N`; the kernel's
-  batching rule folds the samples into its batch axis), `tools/benchmark.py`: `for_backend()`, on CPU the
-  direct 3x3 kernel, shifted-add depthwise, per-part 1x1 and gather resizes;
-- the trainer: `for_backend(direct_conv=False)` (the direct kernel has no gradient);
+- `CanvasRunner` (predictor, demo, `evaluate`), `tools/benchmark.py`: `for_backend()`, on CPU the direct 3x3
+  kernel, shifted-add depthwise, per-part 1x1 and gather resizes;
+- the trainer: `for_backend(direct_conv=False)` (the direct kernel has no gradient); the lockstep evaluator
+  (`evaluate --batch N`) too: the kernel runs vmapped (its batching rule), but its results then vary with the
+  batch by float32 rounding (`evaluation/lockstep.py`);
 - GPU or TPU, and a model called directly: `REFERENCE`;
 - `tools/export.py`: `portable_kernels()`, the CPU forms without the machine-specific kernel, and window and
   pool forms that ONNX holds.

@@ -7,8 +7,8 @@ registers, skips taps on the padding, and runs the wide stride-1 3x3 layers as W
 instead of 36 multiplications per 4 outputs; see the .cc file). It serves `layers.Conv2d` / `conv_bn` for dense
 float32 3x3 convolutions with padding == dilation and 1x1 convolutions (>= 64 channels in and out), stride 1 or 2,
 >= 16 output channels (`DirectConv.supports`), with a folded BatchNorm / bias, residual and ReLU epilogue, when
-the caller chose it (`fcfi_jax.ops.cpu_kernels`: the predictor's runner and the lockstep evaluator on the CPU
-backend; under `jax.vmap` the samples fold into the kernel's batch axis); training, GPU and TPU keep
+the caller chose it (`fcfi_jax.ops.cpu_kernels`: the predictor's runner on the CPU backend; under `jax.vmap`
+the samples fold into the kernel's batch axis); training, the lockstep evaluator, GPU and TPU keep
 `lax.conv_general_dilated`. Outputs equal XLA's up to float rounding (summation order; for Winograd
 also the tile transforms, which only add, subtract and halve: tests/test_direct_conv.py bounds both alike).
 
