@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -419,9 +420,9 @@ FOLDER = {"a.jpg": ("106024.jpg", (210, 230)), "b.jpg": ("24077.jpg", (202, 292)
 
 def _start_annotate(checkpoint, images, output, cache):
     """`python -m fcfi_jax.annotate` on a free port: (process, URL, its first line, its output so far)."""
-    proc = subprocess.Popen([sys.executable, "-m", "fcfi_jax.annotate", "--checkpoint", str(checkpoint), "--images",
-                             str(images), "--output", str(output), "--port", "0", "--no-zoom-in", "--no-flip",
-                             "--cache-dir", str(cache)],
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "fcfi_jax.annotate", "--checkpoint",
+                             str(checkpoint), "--images", str(images), "--output", str(output), "--port", "0",
+                             "--no-zoom-in", "--no-flip", "--cache-dir", str(cache)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:   # "3 images in DIR, 0 done; ...", then "FCFI annotation on http://... "
@@ -436,7 +437,14 @@ def _start_annotate(checkpoint, images, output, cache):
 
 def _stop(proc, lines):
     proc.send_signal(signal.SIGINT)   # Ctrl+C
-    assert proc.wait(timeout=30) == 0, "".join(lines)[-2000:]
+    try:
+        code = proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)   # -X faulthandler: every thread's stack goes to the output
+        proc.wait(timeout=30)
+        time.sleep(1)                      # the reader thread collects the last lines
+        pytest.fail("fcfi_jax.annotate did not stop within 90 s of Ctrl+C:\n" + "".join(lines)[-6000:])
+    assert code == 0, "".join(lines)[-2000:]
 
 
 def _project_idle(page, index):

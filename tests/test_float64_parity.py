@@ -96,10 +96,21 @@ def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch, ker
     assert max(errors.values()) <= FORWARD_ATOL, report
 
 
+@pytest.fixture(scope="module")
+def grad_fn():
+    """One jitted loss-and-gradient for all cases: A and B have the same shapes, so a kernel set compiles once."""
+    def loss_fn(m, x, p, n, g, gt):
+        out = m(x, p, n, g, soft_box=True)
+        total, terms = fcfi_loss(out, gt, FEEDBACK_WEIGHT)
+        return total, (terms, out)
+
+    return nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))
+
+
 # CI runs the CPU forms on case B (gate 1, soft prev mask, three clicks); case A with them is marked slow.
 @pytest.mark.parametrize("case,kernels", [("A", "reference"), ("B", "reference"), ("B", "cpu"),
                                           pytest.param("A", "cpu", marks=pytest.mark.slow)])
-def test_train_step_matches_official_float64(x64, fixtures_dir, case, kernels):
+def test_train_step_matches_official_float64(x64, grad_fn, fixtures_dir, case, kernels):
     z32 = np.load(fixtures_dir / "golden_train_step_hrnet18s.npz")  # the inputs
     z = np.load(fixtures_dir / "golden_train_step_float64_hrnet18s.npz")
     model = _model64(fixtures_dir / "hrnet18s_random.pth")
@@ -107,16 +118,11 @@ def test_train_step_matches_official_float64(x64, fixtures_dir, case, kernels):
     model.feature_extractor.ocr_distri_head.dropout.eval()  # the reference ran with dropout off
     ops.use_kernels(model, KERNELS[kernels])
 
-    def loss_fn(m, x, p, n, g, gt):
-        out = m(x, p, n, g, soft_box=True)
-        total, terms = fcfi_loss(out, gt, FEEDBACK_WEIGHT)
-        return total, (terms, out)
-
     f64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
     inputs = (f64(z32[f"{case}_in_image"].transpose(0, 2, 3, 1)), f64(z32[f"{case}_in_points"]),
               jnp.asarray(z32[f"{case}_in_new_points"])[:, None, :], jnp.float64(z32[f"{case}_in_gate"]))
     gt = f64(z32["gt_mask"].transpose(0, 2, 3, 1))
-    (total, (terms, out)), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(model, *inputs, gt)
+    (total, (terms, out)), grads = grad_fn(model, *inputs, gt)
 
     loss_err = {name: abs(float(v) / float(z[f"{case}_loss_{name}"]) - 1)
                 for name, v in [("total", total)] + list(terms.items())}
