@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -20,9 +21,11 @@ def test_benchmark_forward_row_writes_json(tmp_path):
     assert "forward           hrnet18s  1x64x96" in p.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_onnx_rows_side_by_side(tmp_path):
     """--what onnx: onnxruntime and fcfi_jax per click on the same canvas in one run, with the artifact sizes
-    (a 64x96 canvas, three clicks; the export verifies itself on the way)."""
+    (a 64x96 canvas, three clicks; the export verifies itself on the way). Slow (~80 s, an ONNX conversion of
+    the released HRNet): CI converts and checks ONNX in tests/test_export.py; this is the tool's smoke test."""
     out = tmp_path / "bench.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
     p = subprocess.run([sys.executable, "tools/benchmark.py", "--what", "onnx", "--models", "hrnet18s",
