@@ -5,8 +5,6 @@ prerequisite, and README's set-up commands install all of them. `ALLOWED_SKIPS` 
 """
 import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import pytest
@@ -55,31 +53,6 @@ def write_r101_checkpoint(fixtures_dir, path):
     torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()},
                 "config": json.loads((fixtures_dir / "r101_config.json").read_text())}, path)
     return path
-
-
-# One persistent XLA compilation cache for the tests of a run, shared by the xdist workers (a fresh folder, removed
-# at the end): tests that compile the same program (the float64 train step's cases, the host predictor's canvases
-# in the record replays) compile it once. Tests that start their own processes pass those their own cache.
-def pytest_configure(config):
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        path = workerinput["fcfi_test_xla_cache"]
-    else:
-        path = config._fcfi_test_xla_cache = tempfile.mkdtemp(prefix="fcfi_jax_test_xla_")
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node):   # xdist: every worker uses the controller's folder
-    node.workerinput["fcfi_test_xla_cache"] = node.config._fcfi_test_xla_cache
-
-
-def pytest_unconfigure(config):
-    path = getattr(config, "_fcfi_test_xla_cache", None)
-    if path:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_runtest_logreport(report):

@@ -99,10 +99,13 @@ def test_random_record(fixtures_dir, data_dir):
                                      dtype="float64"), iou_atol=2e-4)
 
 
+@pytest.mark.slow
 def test_device_step_equals_host_predictor(fixtures_dir, data_dir):
     """The device click step and the host Predictor on the same clicks (zoom-in and flip on): the same ROIs and
     network input sizes, probabilities within float32 noise (measured 4.2e-7) at every click. A wrongly rounded
-    click coordinate or zoom box moves a click disk or the crop and shows as 1e-3..1e-2 here."""
+    click coordinate or zoom box moves a click disk or the crop and shows as 1e-3..1e-2 here. Slow (~90 s): in
+    CI, test_clicky_record_first_clicks checks the step with the real network and
+    test_float64_step_equals_float64_host_predictor its arithmetic against the host's."""
     import jax
     import jax.numpy as jnp
 

@@ -423,7 +423,10 @@ def _start_annotate(checkpoint, images, output, cache):
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "fcfi_jax.annotate", "--checkpoint",
                              str(checkpoint), "--images", str(images), "--output", str(output), "--port", "0",
                              "--no-zoom-in", "--no-flip", "--cache-dir", str(cache)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # as from a terminal: a test run started in the background (`pytest ... &`) ignores
+                            # SIGINT, its children inherit that, and Python then installs no Ctrl+C handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:   # "3 images in DIR, 0 done; ...", then "FCFI annotation on http://... "
         lines.append(line)

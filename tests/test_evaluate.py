@@ -3,6 +3,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 import fcfi_jax
 from fcfi_jax.convert.checkpoint import save_converted
@@ -14,11 +15,17 @@ TINY = dict(family="hrnet", width=6, ocr_width=8, mid_ch=8, with_aux_output=True
             expansion_ratio=0.3, use_disks=True, norm_radius=5, with_prev_mask=True)
 
 
-def test_official_clicky_record_reproduced(fixtures_dir, data_dir):
-    """The whole official 'clicky' evaluation record (every 10th GrabCut image, 20 clicks each, zoom-in and flip
-    on): the same clicks, zoom-in boxes and network input shapes at every step, the IoU within 1e-5."""
+# CI replays 3 of the record's 5 images (person5 has the stale-ROI quirk, docs/official_quirks.md #29); all 5 are
+# a slow test (about 4 minutes on a 2-core CPU).
+@pytest.mark.parametrize("images", [pytest.param((0, 20, 40), id="3images"),
+                                    pytest.param(None, id="all", marks=pytest.mark.slow)])
+def test_official_clicky_record_reproduced(fixtures_dir, data_dir, images):
+    """The official 'clicky' evaluation record (every 10th GrabCut image, 20 clicks each, zoom-in and flip on):
+    the same clicks, zoom-in boxes and network input shapes at every step, the IoU within 1e-5."""
     record = json.loads((fixtures_dir / "eval_grabcut_hrnet18s_clicky_every10.json").read_text())["per_image"]
     assert len(record) == 5
+    record = [ref for ref in record if images is None or ref["index"] in images]
+    assert len(record) == (5 if images is None else len(images))
     model = fcfi_jax.load_model(fixtures_dir / "hrnet18s_clicky.pth")
     ds = get_dataset("GrabCut", data_dir / "GrabCut")
     assert [ds.names[ref["index"]] for ref in record] == [ref["image_name"] for ref in record]
@@ -33,7 +40,7 @@ def test_official_clicky_record_reproduced(fixtures_dir, data_dir):
             nchw = theirs["net_input_shape"]
             assert ours["net_input_shape"] == nchw[:1] + nchw[2:] + nchw[1:2], (ref["image_name"], k)
         worst = max(worst, float(np.abs(np.asarray(r["iou"]) - np.asarray(ref["iou"])).max()))
-    print(f"clicky record: 100 clicks equal, IoU max abs difference {worst:.1e}")
+    print(f"clicky record: {20 * len(record)} clicks equal, IoU max abs difference {worst:.1e}")
     assert worst <= 1e-5
 
 
