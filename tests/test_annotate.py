@@ -206,3 +206,32 @@ def test_unreadable_image_in_the_folder_is_one_line(folder, tmp_path):
         app.open_project_image(1)
     assert str(e.value).startswith("b.png: not a PNG, JPEG or BMP image") and "go to the next image" in str(e.value)
     assert app.open_project_image(2)["name"] == "c.png"   # the others still open
+
+
+def test_project_matches_images_as_find_image_does(tmp_path):
+    """Starting on a COCO file with many images: each folder file gets the entry `find_image` picks (the exact name
+    first, else the only entry with that base name; none for an ambiguous base name), and the entries naming no
+    folder file are the missing ones."""
+    from fcfi_jax.demo.objects import CocoError, find_image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    names = ["exact.png", "sub.png", "twice.png", "absent.png"] + [f"f{k:05d}.png" for k in range(3000)]
+    for name in names:
+        (folder / name).write_bytes(b"")   # only the names matter here
+    images = ([{"id": 1, "file_name": "exact.png"}, {"id": 2, "file_name": "old/exact.png"},
+               {"id": 3, "file_name": "dir\\sub.png"}, {"id": 4, "file_name": "a/twice.png"},
+               {"id": 5, "file_name": "b/twice.png"}, {"id": 6, "file_name": "gone.png"}]
+              + [{"id": 10 + k, "file_name": f"f{k:05d}.png"} for k in range(3000)])
+    out = tmp_path / "coco.json"
+    out.write_text(json.dumps({"images": images, "annotations": [], "categories": []}))
+    project = Project(folder, out)
+    for name in names:
+        try:
+            want = find_image(project.doc, name, str(out))["id"]
+        except CocoError:
+            want = None
+        assert (project.entries[name]["id"] if name in project.entries else None) == want, name
+    assert [project.entries[n]["id"] for n in ("exact.png", "sub.png")] == [1, 3]
+    assert "twice.png" not in project.entries and "absent.png" not in project.entries
+    assert project.missing == ["old/exact.png", "a/twice.png", "b/twice.png", "gone.png"]
