@@ -55,6 +55,21 @@ def write_r101_checkpoint(fixtures_dir, path):
     return path
 
 
+def train_grad_fn(feedback_weight):
+    """The jitted loss-and-gradient of a train-mode forward (soft box) and the official losses, for the train-step
+    parity tests; one per module, so that cases of the same shapes (A and B) compile once per kernel set."""
+    from flax import nnx
+
+    from fcfi_jax.training.losses import fcfi_loss
+
+    def loss_fn(m, x, p, n, g, gt):
+        out = m(x, p, n, g, soft_box=True)
+        total, terms = fcfi_loss(out, gt, feedback_weight)
+        return total, (terms, out)
+
+    return nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)

@@ -15,14 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import write_r101_checkpoint
+from conftest import train_grad_fn, write_r101_checkpoint
 from flax import nnx
 
 from fcfi_jax import ops
 from fcfi_jax.convert.checkpoint import convert_official
 from fcfi_jax.convert.mapping import official_key, to_torch_layout
 from fcfi_jax.models.is_model import cast_model
-from fcfi_jax.training.losses import fcfi_loss
 
 FORWARD_ATOL = 1e-8
 LOSS_RTOL = 1e-10
@@ -98,13 +97,7 @@ def test_forward_matches_official_float64(x64, fixtures_dir, tmp_path, arch, ker
 
 @pytest.fixture(scope="module")
 def grad_fn():
-    """One jitted loss-and-gradient for all cases: A and B have the same shapes, so a kernel set compiles once."""
-    def loss_fn(m, x, p, n, g, gt):
-        out = m(x, p, n, g, soft_box=True)
-        total, terms = fcfi_loss(out, gt, FEEDBACK_WEIGHT)
-        return total, (terms, out)
-
-    return nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))
+    return train_grad_fn(FEEDBACK_WEIGHT)
 
 
 # CI runs the CPU forms on case B (gate 1, soft prev mask, three clicks); case A with them is marked slow.

@@ -12,11 +12,11 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_grad_fn
 from flax import nnx
 
 from fcfi_jax.convert.checkpoint import convert_official
 from fcfi_jax.convert.mapping import official_key, to_torch_layout
-from fcfi_jax.training.losses import fcfi_loss
 
 FEEDBACK_WEIGHT = 0.2  # HRNet18s recipe
 # Measured on this project's 2-core CPU (cases A, B): loss 6.1e-7, 8.9e-7; per-parameter maxima of the norm /
@@ -31,12 +31,7 @@ BN_ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def grad_fn():
-    def loss_fn(m, x, p, n, g, gt):
-        out = m(x, p, n, g, soft_box=True)
-        total, terms = fcfi_loss(out, gt, FEEDBACK_WEIGHT)
-        return total, (terms, out)
-
-    return nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))
+    return train_grad_fn(FEEDBACK_WEIGHT)
 
 
 @pytest.mark.parametrize("case", ["A", "B"])
