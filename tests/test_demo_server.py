@@ -242,13 +242,17 @@ def test_objects_finish_export_import_match_predictor(demo, data_dir, tmp_path):
     assert status == 200 and [o["label"] for o in s["objects"]] == ["penguin", "grass"]
     status, s = call(server, "api/object/delete", {"session": sid, "id": ids_[1]})
     assert status == 200 and [o["label"] for o in s["objects"]] == ["penguin"]
+    # the objects' id map (kept between clicks, encoded again when the objects change) follows every change
+    assert np.array_equal(png_mask_ids(s["objects_png"]), 1 * want[0][1])
     s = call(server, "api/undo", {"session": sid})[1]
     assert [o["label"] for o in s["objects"]] == ["penguin", "grass"]
+    assert np.array_equal(png_mask_ids(s["objects_png"]), 1 * want[0][1] + 2 * want[1][1])
     s = call(server, "api/undo", {"session": sid})[1]
     assert [o["label"] for o in s["objects"]] == ["bird", "grass"]
     # undoing "finish" brings the object back as the one being annotated, with the same clicks and mask
     s = call(server, "api/undo", {"session": sid})[1]
     assert [o["label"] for o in s["objects"]] == ["bird"] and s["clicks"] == [list(c) for c in OBJECT_2]
+    assert np.array_equal(png_mask_ids(s["objects_png"]), 1 * want[0][1])
     assert np.array_equal(png_mask(base64.b64decode(s["mask_png"])), want[1][1])
     assert call(server, "api/finish", {"session": sid, "label": "grass"})[0] == 200
 

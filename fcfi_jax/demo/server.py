@@ -197,6 +197,7 @@ class Session:
         self.done = False
         self.save_error: str | None = None
         self._taken = ((), None)   # (objects, union of their masks): recomputed when the tuple changes
+        self._objects_png = ((), None)   # (objects, their id map as base64 PNG): likewise
         self.lock = threading.Lock()
 
     @property
@@ -222,6 +223,18 @@ class Session:
                     obj.paint(union, True)
             self._taken = (self.objects, union)
         return union
+
+    def objects_png(self) -> str | None:
+        """The finished objects' id map (`id_map`) as base64 PNG, or None without objects; encoded again only when
+        the tuple of objects changes, not on every click."""
+        objects, png = self._objects_png
+        if objects is not self.objects:
+            png = None
+            if self.objects:
+                h, w = self.image.shape[:2]
+                png = base64.b64encode(encode_png(id_map(self.objects, h, w), fast=True)).decode("ascii")
+            self._objects_png = (self.objects, png)
+        return png
 
     def current_mask(self) -> np.ndarray:
         """The object being annotated as shown and saved: unless overlap is allowed, pixels of finished objects
@@ -626,8 +639,7 @@ class DemoApp:
                  "area": int(mask.sum()), "undo_steps": len(s.predictor._history),
                  "mask_png": base64.b64encode(encode_png(mask.astype(np.uint8) * 255)).decode("ascii"),
                  "objects": [o.summary() for o in s.objects],
-                 "objects_png": (base64.b64encode(encode_png(id_map(s.objects, h, w), fast=True)).decode("ascii")
-                                 if s.objects else None),
+                 "objects_png": s.objects_png(),
                  "object_undo_steps": len(s.object_undo),
                  "allow_overlap": s.allow_overlap, "auto_negatives": s.auto_negatives, "save_error": s.save_error}
         if s.project_index is not None:
