@@ -444,9 +444,11 @@ class _OwnDataBuilder(_LocalBuilder, skip_registration=True):
             description=f"Your own instance-segmentation data ({self.CONFIG_NAME} layout: {self.LAYOUT}).")
 
     @classmethod
-    def fingerprint(cls, manual_dir, val_fraction: float) -> str:
-        """Changes when any file under manual_dir or the split setting changes (then the dataset is rebuilt)."""
-        cls.entries(Path(manual_dir))         # the layout errors come first, before any hashing
+    def fingerprint(cls, manual_dir, val_fraction: float, *, layout_checked: bool = False) -> str:
+        """Changes when any file under manual_dir or the split setting changes (then the dataset is rebuilt).
+        layout_checked: the caller has listed the entries already (one listing less of a large folder)."""
+        if not layout_checked:
+            cls.entries(Path(manual_dir))     # the layout errors come first, before any hashing
         return own_data.source_fingerprint(manual_dir, [cls.__name__, str(cls.VERSION), float(val_fraction)])
 
     @classmethod
@@ -461,7 +463,7 @@ class _OwnDataBuilder(_LocalBuilder, skip_registration=True):
         entries = self.entries(root)
         names, aliases = self._names(entries)
         held = own_data.heldout_split(names, root, self._val_fraction, self.CONFIG_NAME, aliases)
-        self.info.metadata["source_fingerprint"] = self.fingerprint(root, self._val_fraction)
+        self.info.metadata["source_fingerprint"] = self.fingerprint(root, self._val_fraction, layout_checked=True)
         self.info.metadata["heldout"] = sorted(held)
         splits = {"train": self._generate_examples([e for e in entries if e[0] not in held])}
         if held:
