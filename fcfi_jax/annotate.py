@@ -23,7 +23,15 @@ import tempfile
 import threading
 from collections import Counter
 
-from fcfi_jax.demo.objects import CocoError, annotation, atomic_write_json, check_coco, clean_label, objects_from_coco
+from fcfi_jax.demo.objects import (
+    CocoError,
+    annotation,
+    atomic_write_json,
+    check_coco,
+    clean_label,
+    image_lookup,
+    objects_from_coco,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 DONE_KEY = "fcfi_done"   # extra field of a COCO image entry: the annotator marked the image done
@@ -47,14 +55,9 @@ class Project:
             "info": {"description": "written by fcfi_jax.annotate (FCFI interactive segmentation)"},
             "images": [], "annotations": [], "categories": []}
         self.entries = {}   # folder file name -> its COCO image entry (a dict inside self.doc)
-        # find_image's rule (the first entry of that exact name, else the only one with that base name), through
-        # one index: a lookup per file would make starting on a large folder quadratic
-        exact, by_base = {}, {}
-        for img in self.doc["images"]:
-            exact.setdefault(img["file_name"], img)
-            by_base.setdefault(pathlib.PurePosixPath(img["file_name"].replace("\\", "/")).name, []).append(img)
+        lookup = image_lookup(self.doc)   # one index: a scan of all entries per file is quadratic
         for name in self.files:
-            img = exact.get(name) or (by_base[name][0] if len(by_base.get(name, ())) == 1 else None)
+            img = lookup(name)
             if img is not None:
                 self.entries[name] = img
         listed = [img["file_name"] for img in self.doc["images"]]

@@ -241,15 +241,29 @@ def objects_from_coco(doc: dict, image: dict, h: int, w: int, source: str, allow
     return objects
 
 
+def image_lookup(doc: dict):
+    """name -> the image entry whose file_name is `name` (the first such), else the only one whose file_name ends
+    with /name, else None; one index of the document, for looking up many names."""
+    exact, by_base = {}, {}
+    for img in doc.get("images", []):
+        exact.setdefault(img["file_name"], img)
+        by_base.setdefault(pathlib.PurePosixPath(img["file_name"].replace("\\", "/")).name, []).append(img)
+
+    def lookup(name: str) -> dict | None:
+        if name in exact:
+            return exact[name]
+        matches = by_base.get(name, ())
+        return matches[0] if len(matches) == 1 else None
+
+    return lookup
+
+
 def find_image(doc: dict, name: str, source: str) -> dict:
-    """The image entry whose file_name is `name` (or ends with /name); CocoError listing what it has otherwise."""
+    """The image entry of `image_lookup`; CocoError listing what the document has otherwise."""
+    img = image_lookup(doc)(name)
+    if img is not None:
+        return img
     images = doc.get("images", [])
-    for img in images:
-        if img["file_name"] == name:
-            return img
-    matches = [img for img in images if pathlib.PurePosixPath(img["file_name"].replace("\\", "/")).name == name]
-    if len(matches) == 1:
-        return matches[0]
     listed = ", ".join(img["file_name"] for img in images[:5]) + (" ..." if len(images) > 5 else "")
     raise CocoError(f"{source} has no image named {name!r} (it lists {len(images)}: {listed or 'none'}); "
                     "import the COCO file written for this image")
