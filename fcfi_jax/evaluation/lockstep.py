@@ -38,9 +38,8 @@ from fcfi_jax import ops
 from fcfi_jax.distributed import data_mesh, data_shardings
 from fcfi_jax.evaluation.device_clicker import clicker_inputs, next_click
 from fcfi_jax.evaluation.metrics import _ratio, compute_noc_metrics
-from fcfi_jax.inference.click_step import StepConfig, click_step, init_state, make_tables, model_net
+from fcfi_jax.inference.click_step import StepConfig, click_step, init_state, make_tables, model_net, step_canvases
 from fcfi_jax.inference.defaults import EVAL_CANVAS_STEP, points_rows
-from fcfi_jax.inference.runner import canvas_size
 from fcfi_jax.progress import Progress
 
 __all__ = ["LockstepEvaluator"]
@@ -129,13 +128,10 @@ class LockstepEvaluator:
         return sum(f._cache_size() for f in self._fns.values())
 
     def config_for(self, shapes, n_clicks):
-        hc, wc = canvas_size(max(s[0] for s in shapes), max(s[1] for s in shapes), self.canvas_step)
-        hn, wn = hc, wc
-        if self.zoom_in is not None:
-            t = canvas_size(self.zoom_in[0], self.zoom_in[0], self.canvas_step)
-            hn, wn = max(hn, t[0]), max(wn, t[1])
+        image_canvas, net_canvas = step_canvases((max(s[0] for s in shapes), max(s[1] for s in shapes)),
+                                                 self.canvas_step, self.zoom_in)
         slots = max(1, n_clicks)
-        return StepConfig(image_canvas=(hc, wc), net_canvas=(hn, wn), zoom_in=self.zoom_in,
+        return StepConfig(image_canvas=image_canvas, net_canvas=net_canvas, zoom_in=self.zoom_in,
                           with_flip=self.with_flip, prob_thresh=self.prob_thresh, max_clicks=slots,
                           points_n=points_rows(slots))
 

@@ -39,7 +39,8 @@ import numpy as np
 from fcfi_jax.inference.defaults import POINTS_BUCKET
 from fcfi_jax.models.rounding import div_f32
 
-__all__ = ["StepConfig", "StepTables", "ClickState", "init_state", "click_step", "make_tables", "points_from_clicks"]
+__all__ = ["StepConfig", "StepTables", "ClickState", "NetInput", "Plan", "init_state", "plan_click", "finish_click",
+           "click_step", "make_tables", "points_from_clicks", "step_canvases"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,19 @@ class StepConfig:
             raise ValueError(f"click_step: net canvas {self.net_canvas} must hold the image canvas {self.image_canvas}")
         if self.zoom_in is not None and min(hn, wn) < self.zoom_in[0]:
             raise ValueError(f"click_step: net canvas {self.net_canvas} must hold the zoom target {self.zoom_in[0]}")
+
+
+def step_canvases(hw, step: int, zoom_in=None):
+    """(image canvas, net canvas) of a `StepConfig` for images up to `hw`: the image canvas holds them
+    (multiples of `step`), the net canvas also the zoom target square."""
+    from .runner import canvas_size
+
+    hc, wc = canvas_size(hw[0], hw[1], step)
+    hn, wn = hc, wc
+    if zoom_in is not None:
+        t = canvas_size(zoom_in[0], zoom_in[0], step)
+        hn, wn = max(hn, t[0]), max(wn, t[1])
+    return (hc, wc), (hn, wn)
 
 
 class StepTables(NamedTuple):
@@ -151,6 +165,16 @@ def init_state(cfg: StepConfig, dtype=jnp.float32, initial_probs=None) -> ClickS
 # ------------------------------------------------------------------------------------------------
 # align-corners bilinear resize between windows of two canvases
 
+def _stored(x, false):
+    """x as stored in its dtype. XLA (CPU and GPU) contracts a product and a following sum into one fused
+    multiply-add, which skips the product's rounding: src - i0 of the resize taps then differs from PyTorch's by
+    up to an ulp of src (7e-6 in a resized image). An OR with a traced all-zero bit pattern (`false`: a traced
+    predicate that is False) is opaque to the compiler, so the product is rounded first; an optimization barrier
+    is removed on CPU."""
+    bits = jnp.dtype(jnp.int32 if x.dtype == jnp.float32 else jnp.int64)
+    return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(x, bits) | false.astype(bits), x.dtype)
+
+
 def _taps(n_canvas, n_out, n_in, dst_off, src_off, dtype):
     """Taps of `transforms.ac_taps` for the output index t = i - dst_off of every canvas index i:
     (source indices i0, i1 into the source canvas, weights w0, w1, inside-the-window flag)."""
@@ -158,9 +182,14 @@ def _taps(n_canvas, n_out, n_in, dst_off, src_off, dtype):
     t = i - dst_off
     inside = (t >= 0) & (t < n_out)
     t = jnp.clip(t, 0, None)
-    scale = jnp.where(n_out > 1, (n_in - 1).astype(dtype) / jnp.maximum(n_out - 1, 1).astype(dtype),
-                      jnp.zeros((), dtype))
-    src = t.astype(dtype) * scale
+    # float32: correctly rounded as PyTorch's float32(n_in - 1) / (n_out - 1); XLA's float32 division is not
+    # on every backend (an ulp off the scale moved the crop by up to 7e-6 against PyTorch's resize)
+    if jnp.dtype(dtype) == jnp.float32:
+        q = div_f32(n_in - 1, jnp.maximum(n_out - 1, 1))
+    else:
+        q = (n_in - 1).astype(dtype) / jnp.maximum(n_out - 1, 1).astype(dtype)
+    scale = jnp.where(n_out > 1, q, jnp.zeros((), dtype))
+    src = _stored(t.astype(dtype) * scale, n_in < 0)
     i0 = jnp.minimum(src.astype(jnp.int32), n_in - 1)                       # truncation == floor (src >= 0)
     i1 = jnp.minimum(i0 + 1, n_in - 1)
     lam1 = jnp.clip(src - i0.astype(dtype), 0, 1)
@@ -245,12 +274,29 @@ def points_from_clicks(clicks, valid_click, ys, xs, n):
 NetFn = Callable  # net(params, x (B, Hn, Wn, 4), points (B, 2N, 3), new_points (B, 1, 3), gate, geometry (4,)) -> dict
 
 
-def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, hw, state: ClickState, click):
-    """One click for ONE sample (vmap it for a batch); jit it with `net` and `cfg` static.
+class NetInput(NamedTuple):
+    """What the network of one click gets: x (B, Hn, Wn, 4) with the (zoomed) input in its top-left (h', w')
+    corner and zeros elsewhere (B = 2 with the flip), points (B, 2N, 3), new_points (B, 1, 3), gate (), and
+    geometry (4,) int32 = (h', w', FFCM half sizes) for the model's canvas mode."""
+    x: jax.Array
+    points: jax.Array
+    new_points: jax.Array
+    gate: jax.Array
+    geometry: jax.Array
 
-    image (Hc, Wc, 3) in [0, 1] (its dtype is the compute dtype), hw (2,) int32 valid size, click (3,) int32
-    (y, x, is_positive) inside the valid region. Returns (new state, probs (Hc, Wc), mask (Hc, Wc) bool).
-    """
+
+class Plan(NamedTuple):
+    """What `finish_click` needs from `plan_click`: the clicks with the new one, the ROI after this click and
+    whether there is one, the network input size (h', w')."""
+    clicks: jax.Array
+    roi: jax.Array
+    has_roi: jax.Array
+    net_hw: jax.Array
+
+
+def plan_click(cfg: StepConfig, tables: StepTables, image, hw, state: ClickState, click):
+    """The first half of `click_step`, up to the network: ZoomIn's box, the crop and its resize, the flip and
+    the points. Returns (NetInput, Plan)."""
     dt = image.dtype
     hn, wn = cfg.net_canvas
     h, w = hw[0], hw[1]
@@ -261,7 +307,6 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
     x_full = jnp.concatenate([image, state.probs[..., None].astype(dt)], axis=-1)      # (Hc, Wc, 4)
 
     roi, has_roi = state.roi, state.has_roi
-    zoom_now = jnp.bool_(False)
     if cfg.zoom_in is not None:
         zmask = state.zmap > cfg.zoom_prob_thresh
         can = (n1 > cfg.skip_clicks) & state.has_zmap & jnp.any(zmask)
@@ -269,12 +314,11 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
         replace = ~has_roi | _keep_roi_fails(cfg, roi, new, clicks, valid_click)
         roi = jnp.where(can & replace, new, roi)
         has_roi = has_roi | can
-        zoom_now = can
         rh, rw = roi[1] - roi[0] + 1, roi[3] - roi[2] + 1
-        zh = jnp.where(zoom_now, tables.zoom_h[rh, rw], h)
-        zw = jnp.where(zoom_now, tables.zoom_w[rh, rw], w)
-        off = jnp.where(zoom_now, roi[jnp.array([0, 2])], jnp.zeros(2, jnp.int32))
-        src_h, src_w = jnp.where(zoom_now, rh, h), jnp.where(zoom_now, rw, w)
+        zh = jnp.where(can, tables.zoom_h[rh, rw], h)
+        zw = jnp.where(can, tables.zoom_w[rh, rw], w)
+        off = jnp.where(can, roi[jnp.array([0, 2])], jnp.zeros(2, jnp.int32))
+        src_h, src_w = jnp.where(can, rh, h), jnp.where(can, rw, w)
     else:
         zh, zw, off, src_h, src_w = h, w, jnp.zeros(2, jnp.int32), h, w
     # network input: the (zoomed) crop on the net canvas; identity taps when no zoom (weights exactly 1, 0)
@@ -286,8 +330,7 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
     ys, xs = div_f32(py, src_h), div_f32(px, src_w)
     yi, xi = py // src_h, px // src_w
     pts = [points_from_clicks(clicks, valid_click, ys, xs, cfg.points_n)]
-    newest = jnp.stack([yi[n], xi[n], clicks[n, 2]])
-    new_pts = [newest]
+    new_pts = [jnp.stack([yi[n], xi[n], clicks[n, 2]])]
     batch = [x_in]
     if cfg.with_flip:
         pf = src_w * (zw - 1) - px                       # w' - 1 - x' = pf / src_w, > -src_w
@@ -298,7 +341,21 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
         batch.append(flip_window(x_in, zw))
     gate = jnp.where(n == 0, state.first_gate, jnp.float32(1.0))
     geometry = jnp.stack([zh, zw, tables.ffcm_half[zh], tables.ffcm_half[zw]]).astype(jnp.int32)
-    out = net(params, jnp.stack(batch), jnp.stack(pts), jnp.stack(new_pts)[:, None, :], gate, geometry)
+    net_in = NetInput(jnp.stack(batch), jnp.stack(pts), jnp.stack(new_pts)[:, None, :], gate, geometry)
+    return net_in, Plan(clicks, roi, has_roi, jnp.stack([zh, zw]).astype(jnp.int32))
+
+
+def finish_click(cfg: StepConfig, hw, state: ClickState, plan: Plan, out):
+    """The second half of `click_step`, after the network: the flip merge, the sigmoid, the inverse resize into
+    the ROI (prediction, uf1, uf2 in that order, so the next ROI comes from uf2), the threshold.
+
+    out: the network's dict of (B, H', W', 1) maps on any canvas holding both the input (h', w') and the image
+    canvas. Returns (new state, probs (Hc, Wc), mask (Hc, Wc) bool)."""
+    dt = state.probs.dtype
+    zh, zw = plan.net_hw[0], plan.net_hw[1]
+    roi = plan.roi
+    rh, rw = roi[1] - roi[0] + 1, roi[3] - roi[2] + 1
+    hc, wc = cfg.image_canvas
 
     def merge(key):
         a = out[key][..., 0].astype(dt)
@@ -306,20 +363,32 @@ def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, h
 
     def inverse(m):
         if cfg.zoom_in is None:
-            return m[:cfg.image_canvas[0], :cfg.image_canvas[1]]
+            return m[:hc, :wc]
         back = resize_window(m, (0, 0), (zh, zw), (rh, rw), (roi[0], roi[2]), cfg.image_canvas)
-        return jnp.where(has_roi, back, m[:cfg.image_canvas[0], :cfg.image_canvas[1]])
+        return jnp.where(plan.has_roi, back, m[:hc, :wc])
 
     one = jnp.ones((), dt)
     probs = inverse(one / (one + jnp.exp(-merge("instances"))))
     uf1, uf2 = inverse(merge("updated_feedback1")), inverse(merge("updated_feedback2"))
-    hc, wc = cfg.image_canvas
-    inside = (jnp.arange(hc)[:, None] < h) & (jnp.arange(wc)[None, :] < w)
+    inside = (jnp.arange(hc)[:, None] < hw[0]) & (jnp.arange(wc)[None, :] < hw[1])
     mask = (probs > cfg.prob_thresh) & inside
     new_state = ClickState(probs=probs, uf1=uf1, uf2=uf2, zmap=uf2, has_zmap=jnp.bool_(cfg.zoom_in is not None),
-                           roi=roi, has_roi=has_roi, clicks=clicks, n_clicks=n1, first_gate=state.first_gate,
-                           net_hw=jnp.stack([zh, zw]).astype(jnp.int32))
+                           roi=roi, has_roi=plan.has_roi, clicks=plan.clicks, n_clicks=state.n_clicks + 1,
+                           first_gate=state.first_gate, net_hw=plan.net_hw)
     return new_state, probs, mask
+
+
+def click_step(net: NetFn, cfg: StepConfig, params, tables: StepTables, image, hw, state: ClickState, click):
+    """One click for ONE sample (vmap it for a batch); jit it with `net` and `cfg` static.
+
+    image (Hc, Wc, 3) in [0, 1] (its dtype is the compute dtype), hw (2,) int32 valid size, click (3,) int32
+    (y, x, is_positive) inside the valid region. Returns (new state, probs (Hc, Wc), mask (Hc, Wc) bool).
+    `plan_click`, the network, `finish_click`: the interactive `Predictor` runs the same two halves as separate
+    programs around a network call whose canvas it picks per click.
+    """
+    net_in, plan = plan_click(cfg, tables, image, hw, state, click)
+    out = net(params, *net_in)
+    return finish_click(cfg, hw, state, plan, out)
 
 
 def model_net(graphdef, kernels):
