@@ -57,6 +57,13 @@ def canvas_size(h: int, w: int, step: int) -> tuple[int, int]:
     return int(math.ceil(h / step) * step), int(math.ceil(w / step) * step)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _fit(a, hw):
+    """a (B, H, W, C) cut or zero-padded at the bottom and right to (B, hw[0], hw[1], C)."""
+    a = a[:, :hw[0], :hw[1]]
+    return jnp.pad(a, ((0, 0), (0, hw[0] - a.shape[1]), (0, hw[1] - a.shape[2]), (0, 0)))
+
+
 @functools.lru_cache(maxsize=32)
 def _level_masks(canvas_hw, true_hw):
     """`canvas_level_masks`, kept for the sizes met last (read-only)."""
@@ -169,12 +176,58 @@ class CanvasRunner:
         return self._leaves_t
 
     def __call__(self, x, points, new_points, gate):
+        """The network on exact-size host inputs: numpy dict of (B, H, W, 1) outputs."""
         x = np.asarray(x, self.in_dtype)
-        if self.transpose_portrait and x.shape[1] > x.shape[2]:
-            swap = lambda p: np.asarray(p)[..., [1, 0, 2]]  # (y, x, v) -> (x, y, v); (-1, -1) padding stays
-            out = self._run(x.transpose(0, 2, 1, 3), swap(points), swap(new_points), gate, self.transposed_leaves())
-            return {k: np.ascontiguousarray(v.transpose(0, 2, 1, 3)) for k, v in out.items()}
-        return self._run(x, points, new_points, gate, self._leaves)
+        h, w = x.shape[1:3]
+        out = self.run_canvas(jnp.asarray(x), np.asarray(points), np.asarray(new_points), gate, (h, w))
+        return {k: np.asarray(v)[:, :h, :w] for k, v in out.items()}
+
+    def run_canvas(self, x, points, new_points, gate, hw):
+        """The network on a device canvas: x (B, Hx, Wx, 4) holds the input in its top-left (h, w) = `hw` corner
+        and zeros elsewhere (what `click_step.plan_click` makes). Returns the outputs as device arrays of shape
+        (B, Hx, Wx, 1), valid in the same corner (zeros around it with a canvas step, see `layers.Canvas`).
+
+        The input runs on the canvas this runner picks for (h, w) (its own bucket, or a larger compiled one),
+        transposed when portrait: x is cut or zero-padded to that canvas on the device, so no image goes through
+        the host. Device-synchronised, so that `model_seconds` counts the network."""
+        h, w = int(hw[0]), int(hw[1])
+        hx, wx = x.shape[1:3]
+        t0 = time.perf_counter()
+        n_canvases = len(self.canvases)
+        leaves = self._leaves
+        transpose = self.transpose_portrait and h > w
+        if transpose:
+            x, h, w, leaves = jnp.swapaxes(x, 1, 2), w, h, self.transposed_leaves()
+            swap = lambda p: jnp.asarray(p)[..., jnp.array([1, 0, 2])]  # (y, x, v) -> (x, y, v); padding stays
+            points, new_points = swap(points), swap(new_points)
+        b = x.shape[0]
+        points_shape, new_points_shape = tuple(np.shape(points)), tuple(np.shape(new_points))
+        if self.step is None:
+            key = ("exact", (b, h, w, x.shape[-1]), points_shape, new_points_shape)
+            if key not in self.canvases:
+                self.canvases.add(key)
+                self.compile_count += 1
+            out = self._forward_exact(leaves, _fit(x.astype(self.in_dtype), (h, w)), jnp.asarray(points, jnp.float32),
+                                      jnp.asarray(new_points, jnp.int32), jnp.float32(gate))
+        else:
+            key = self._canvas_for(b, h, w, points_shape, new_points_shape)
+            if key not in self.canvases:
+                self.canvases.add(key)
+                self.compile_count += 1
+            ch, cw = key[1:3]
+            out = self._forward(leaves, _fit(x.astype(self.in_dtype), (ch, cw)), jnp.asarray(points, jnp.float32),
+                                jnp.asarray(new_points, jnp.int32), jnp.float32(gate), self.model.geometry((h, w)),
+                                _level_masks((ch, cw), (h, w)))
+        back = (wx, hx) if transpose else (hx, wx)
+        out = {k: _fit(v, back) for k, v in out.items()}
+        if transpose:
+            out = {k: jnp.swapaxes(v, 1, 2) for k, v in out.items()}
+        out = jax.block_until_ready(out)
+        dt = time.perf_counter() - t0
+        self.model_seconds += dt
+        if len(self.canvases) > n_canvases:
+            self.first_call_seconds += dt
+        return out
 
     def _canvas_for(self, b, h, w, points_shape, new_points_shape):
         """The canvas key that serves an h x w input: its own bucket, or a larger compiled one (ski rental)."""
@@ -192,34 +245,3 @@ class CanvasRunner:
         self._wasted_mpx[own] = wasted
         self.reused_calls += 1
         return best
-
-    def _run(self, x, points, new_points, gate, leaves):
-        b, h, w, _ = x.shape
-        t0 = time.perf_counter()
-        n_canvases = len(self.canvases)
-        if self.step is None:
-            key = ("exact", x.shape, np.shape(points), np.shape(new_points))
-            if key not in self.canvases:
-                self.canvases.add(key)
-                self.compile_count += 1
-            out = self._forward_exact(leaves, x, jnp.asarray(points, jnp.float32),
-                                      jnp.asarray(new_points, jnp.int32), jnp.float32(gate))
-            res = {k: np.asarray(v) for k, v in out.items()}
-        else:
-            key = self._canvas_for(b, h, w, np.shape(points), np.shape(new_points))
-            if key not in self.canvases:
-                self.canvases.add(key)
-                self.compile_count += 1
-            ch, cw = key[1:3]
-            canvas = np.zeros((b, ch, cw, x.shape[-1]), self.in_dtype)
-            canvas[:, :h, :w] = x
-            geometry = self.model.geometry((h, w))
-            out = self._forward(leaves, canvas, jnp.asarray(points, jnp.float32),
-                                jnp.asarray(new_points, jnp.int32), jnp.float32(gate), geometry,
-                                _level_masks((ch, cw), (h, w)))
-            res = {k: np.asarray(v)[:, :h, :w] for k, v in out.items()}
-        dt = time.perf_counter() - t0
-        self.model_seconds += dt
-        if len(self.canvases) > n_canvases:
-            self.first_call_seconds += dt
-        return res
