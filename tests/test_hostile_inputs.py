@@ -451,7 +451,7 @@ def test_demo_bounds_network_input_and_undo_history(demo):
     for k, (y, x) in enumerate([(2999, 1499), (100, 700), (200, 1000), (1400, 10), (50, 50)]):
         status, s = post(server, "api/click", json.dumps({"session": sid, "y": y, "x": x, "positive": True}).encode())
         assert status == 200, s
-        assert len(app._sessions[sid].predictor._history) <= 2 and s["undo_steps"] <= 2
+        assert app._sessions[sid].predictor.undo_steps <= 2 and s["undo_steps"] <= 2
     assert s["clicks"][0] == [2999, 1499, True] and len(s["clicks"]) == 5   # upload pixels, as clicked
     assert max(max(sh[1:3]) for sh in shapes) <= 256, shapes   # the network never saw more than max_net_side
     mask = cv2.imdecode(np.frombuffer(__import__("base64").b64decode(s["mask_png"]), np.uint8), 0)

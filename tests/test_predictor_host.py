@@ -1,5 +1,5 @@
 """Host-side predictor: AC resize vs torch, ZoomIn rules (hand-derived and against official eval records),
-and Predictor flip batching / point bucketing / undo / errors with a fake network."""
+and the Predictor (device step) and HostPredictor (numpy): flip batching / point bucketing / undo / errors with a fake network."""
 import json
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fcfi_jax.inference.predictor import Predictor, new_points_array, points_array
+from fcfi_jax.inference.host_predictor import HostPredictor, new_points_array, points_array
+from fcfi_jax.inference.predictor import Predictor
 from fcfi_jax.inference.transforms import ZoomIn, bbox_iou, clicks_inside, object_roi, resize_ac, zoomed_size
 
 
@@ -172,7 +173,12 @@ def test_zoom_matches_official_records(fixtures_dir, name):
 
 
 # ---------------------------------------------------------------------------------------------
-# (d) Predictor with a fake network
+# (d) Predictor (device step) and HostPredictor (numpy reference) with a fake network: the same session
+
+@pytest.fixture(params=["Predictor", "HostPredictor"])
+def cls(request):
+    return {"Predictor": Predictor, "HostPredictor": HostPredictor}[request.param]
+
 
 def disks(points, hw, r2):
     """(B, H, W, 2) click disks like DistMaps (rows with max(y, x) < 0 are padding)."""
@@ -211,9 +217,9 @@ CLICKS10 = [(60, 80, True), (70, 90, True), (150, 200, False), (30, 40, True), (
             (100, 100, True), (10, 310, False), (220, 20, False), (120, 160, True), (5, 5, False)]
 
 
-def test_flip_batching_points_and_gate():
+def test_flip_batching_points_and_gate(cls):
     net = FakeNet()
-    p = Predictor(net, zoom_in=None, with_flip=True, max_points_bucket=8)
+    p = cls(net, zoom_in=None, with_flip=True, max_points_bucket=8)
     img = make_image()
     p.set_image(img)
     for y, x, pos in CLICKS10:
@@ -236,10 +242,10 @@ def test_flip_batching_points_and_gate():
     assert [c["gate"] for c in net.calls] == [0.0] + [1.0] * 9
     # prev-mask channel: zeros first, then the previous probabilities
     assert (net.calls[0]["x"][..., 3] == 0).all()
-    np.testing.assert_array_equal(net.calls[5]["x"][0, ..., 3], _probs_after(5))
+    np.testing.assert_array_equal(net.calls[5]["x"][0, ..., 3], _probs_after(cls, 5))
 
     # flip TTA of an equivariant net changes nothing
-    q = Predictor(FakeNet(), zoom_in=None, with_flip=False)
+    q = cls(FakeNet(), zoom_in=None, with_flip=False)
     q.set_image(img)
     for y, x, pos in CLICKS10:
         q.add_click(y, x, pos)
@@ -248,8 +254,8 @@ def test_flip_batching_points_and_gate():
     assert q.net_input_shape == (1, 240, 320, 4)
 
 
-def _probs_after(n):
-    p = Predictor(FakeNet(), zoom_in=None, with_flip=False)
+def _probs_after(cls, n):
+    p = cls(FakeNet(), zoom_in=None, with_flip=False)
     p.set_image(make_image())
     for y, x, pos in CLICKS10[:n]:
         p.add_click(y, x, pos)
@@ -265,9 +271,9 @@ def test_point_helpers_bucketing_and_truncation():
     np.testing.assert_array_equal(new_points_array(lists), [[[1, 2, 1]], [[3, 0, 0]]])   # toward zero
 
 
-def test_zoomed_session_uses_uf2_for_roi():
+def test_zoomed_session_uses_uf2_for_roi(cls):
     net = FakeNet()
-    p = Predictor(net, zoom_in=(300, 2.0), with_flip=True)
+    p = cls(net, zoom_in=(300, 2.0), with_flip=True)
     p.set_image(make_image())
     p.add_click(60, 80, True)
     assert p.roi is None and p.net_input_shape == (2, 240, 320, 4)
@@ -275,7 +281,7 @@ def test_zoomed_session_uses_uf2_for_roi():
     # uf2 of click 1 = big disk (r = 60) around (60, 80): rows 0..120, cols 20..140 -> expanded x2 and
     # clamped: (0, 181, 0, 201). The final probabilities (r = 5 disk) would have given (0, 162, 0, 182).
     assert p.roi == (0, 181, 0, 201)
-    assert object_roi(_zoom_probs_after_first() > 0.5, CLICKS10[:2], 2.0, 200) == (0, 162, 0, 182)
+    assert object_roi(_zoom_probs_after_first(cls) > 0.5, CLICKS10[:2], 2.0, 200) == (0, 162, 0, 182)
     assert p.net_input_shape == (2, 270, 300, 4)                  # round(182 * 300 / 202) = 270
     c = net.calls[-1]
     np.testing.assert_array_equal(c["points"][0, :2, :2].astype(np.float64).round(3),
@@ -283,28 +289,33 @@ def test_zoomed_session_uses_uf2_for_roi():
                                   .astype(np.float64).round(3))
     assert c["new_points"][0, 0].tolist() == [int(270 * 70 / 182), int(300 * 90 / 202), 1]
     assert c["new_points"][1, 0].tolist() == [int(270 * 70 / 182), int(299 - 300 * 90 / 202), 1]
-    x = np.concatenate([make_image().astype(np.float32) / 255, _zoom_probs_after_first()[..., None]], -1)
+    x = np.concatenate([make_image().astype(np.float32) / 255, _zoom_probs_after_first(cls)[..., None]], -1)
     np.testing.assert_allclose(c["x"][0], torch_ac(x[0:182, 0:202], (270, 300)), rtol=0, atol=1e-6)
     assert p.probs.shape == (240, 320) and (p.probs[182:] == 0).all() and (p.probs[:, 202:] == 0).all()
-    assert p.zoom.prev_probs is p.uf2
+    if cls is HostPredictor:
+        assert p.zoom.prev_probs is p.uf2
 
 
-def _zoom_probs_after_first():
-    p = Predictor(FakeNet(), zoom_in=(300, 2.0))
+def _zoom_probs_after_first(cls):
+    p = cls(FakeNet(), zoom_in=(300, 2.0))
     p.set_image(make_image())
     return p.add_click(60, 80, True)[1]
 
 
-def test_undo_and_reset():
-    p = Predictor(FakeNet(), zoom_in=(300, 2.0))
+def test_undo_and_reset(cls):
+    p = cls(FakeNet(), zoom_in=(300, 2.0))
     p.set_image(make_image())
     for y, x, pos in CLICKS10[:2]:
         p.add_click(y, x, pos)
-    probs2, uf2_2, roi2, zstate = p.probs, p.uf2, p.roi, p.zoom.get_state()
+    probs2, uf2_2, roi2 = p.probs, p.uf2, p.roi
+    zstate = p.zoom.get_state() if cls is HostPredictor else None
     mask3, probs3 = p.add_click(*CLICKS10[2])
     p.undo()
-    assert p.clicks == tuple(CLICKS10[:2]) and p.probs is probs2 and p.uf2 is uf2_2 and p.roi == roi2
-    assert all(a is b for a, b in zip(p.zoom.get_state(), zstate))
+    assert p.clicks == tuple(CLICKS10[:2]) and p.roi == roi2
+    np.testing.assert_array_equal(p.probs, probs2)
+    np.testing.assert_array_equal(p.uf2, uf2_2)
+    if cls is HostPredictor:
+        assert all(a is b for a, b in zip(p.zoom.get_state(), zstate))
     np.testing.assert_array_equal(p.add_click(*CLICKS10[2])[1], probs3)   # same step again, same result
     p.reset()
     assert p.clicks == () and (p.probs == 0).all() and p.roi is None and p.uf1 is None
@@ -314,9 +325,9 @@ def test_undo_and_reset():
     assert net.calls[-1]["gate"] == 0.0 and (net.calls[-1]["x"][..., 3] == 0).all()
 
 
-def test_initial_mask():
+def test_initial_mask(cls):
     net = FakeNet()
-    p = Predictor(net, with_flip=False)
+    p = cls(net, with_flip=False)
     init = np.zeros((240, 320), bool)
     init[10:20, 10:20] = True
     p.set_image(make_image(), initial_mask=init)
@@ -326,8 +337,8 @@ def test_initial_mask():
     np.testing.assert_array_equal(net.calls[0]["x"][0, ..., 3], init.astype(np.float32))
 
 
-def test_errors():
-    p = Predictor(FakeNet())
+def test_errors(cls):
+    p = cls(FakeNet())
     with pytest.raises(RuntimeError, match="set_image"):
         p.add_click(1, 1, True)
     for bad, msg in [(np.zeros((10, 10), np.uint8), r"\(H, W, 3\)"), (np.zeros((10, 10, 4), np.uint8), "RGB"),

@@ -146,7 +146,7 @@ def _flops(compiled):
 
 def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
     """Predictor clicks with flip in the official GrabCut setting (zoom-in 700 / 3.0, flip TTA): the first
-    click of a 480x640 image (no zoom: network input 2x480x640) and a later click zoomed to 2x525x700."""
+    click of a 480x640 image (no zoom: network input 2x480x640) and a second click, zoomed in."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -177,19 +177,21 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
 
     t = _timeit(first, repeats)
     rows = [row("click_first_flip", t, pred.net_input_shape, set())]
-    # A second click inside a zoom ROI: the predictor's step (`get_prediction`, what `add_click` runs) with the
-    # ground truth as the previous mask and as the ZoomIn's stored map, so the ROI is the object's box expanded
-    # 3x (clamped to the image) and the network input that ROI scaled to 700 on its long side.
-    gt = (sample.gt == 1).astype(np.float32)
-    clicks = [(y, x, True), (y, x, True)]
+    # A second click, zoomed in: the first click's result gives the ROI (the clicky checkpoint's object box,
+    # expanded 3x and clamped) and the network input that ROI scaled to 700 on its long side. Every timed call
+    # adds the click and takes it back (undo restores the state: no network call).
+    pred.reset()
+    pred.add_click(y, x, True)
 
     def zoomed():
-        pred.zoom.set_state((None, gt, None))  # every call starts from the same ZoomIn state
-        pred.get_prediction(clicks, gt, 1.0)
+        pred.add_click(y, x, True)
+        pred.undo()
 
     before = set(runner.canvases)
     zoomed()
+    pred.add_click(y, x, True)
     shape = pred.net_input_shape
+    pred.undo()
     rows.append(row("click_zoom_flip", _timeit(zoomed, repeats), shape, before))
     return rows
 

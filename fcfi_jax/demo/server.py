@@ -50,11 +50,12 @@ an image whose longest side exceeds `max_net_side` (default 800) is downscaled (
 predictor sees it; clicks are scaled to it and the probabilities are scaled back (cv2 INTER_LINEAR, then the
 0.49 threshold) to the uploaded size. The network input is therefore at most max(max_net_side, zoom-in target)
 on its longest side, whatever the upload (--max-side only bounds the upload and its decoded pixels), and each
-session keeps at most `max_undo` undo steps (3 float32 maps of at most max_net_side^2 pixels each). Measured peak
+session keeps at most `max_undo` undo steps (`Predictor(max_undo=)`: 3 float32 maps of the network image's canvas each,
+its sides rounded up to multiples of 128). Measured peak
 resident memory of a whole demo process (model, XLA, one session) on a CPU, two clicks on a 4096x4096 upload, flip
 on, 720 zoom-in: 1.5 GB with max_net_side 800, 1.7 GB with 1024 (unbounded, the first click alone asked XLA for a
 12.9 GB buffer). Each further session adds at most its upload (3 bytes a pixel, 50 MB at 4096^2) plus
-(27 + 12 * max_undo) bytes per network pixel (~170 MB at 800^2 with 20 undo steps), plus its finished
+(27 + 12 * max_undo) bytes per pixel of the network image's canvas (~220 MB at 896^2 with 20 undo steps), plus its finished
 objects, each cropped to its bounding box at 1 bit per pixel: at most max_objects * H * W / 8 bytes (100
 objects at 4096^2: 210 MB), and the object undo steps share those records.
 
@@ -105,7 +106,6 @@ from fcfi_jax.demo.objects import (
     palette_png,
     read_labels,
 )
-from fcfi_jax.inference.predictor import Predictor
 from fcfi_jax.predict import OFFICIAL_DEMO_ZOOM_IN, fit_side
 
 STATIC_DIR = pathlib.Path(__file__).resolve().with_name("static")
@@ -184,7 +184,7 @@ class Session:
     of finished objects (immutable records, so undo snapshots share them); `object_undo` holds
     (objects before, clicks to replay) per object operation."""
 
-    def __init__(self, sid: str, image: np.ndarray, net_image: np.ndarray, predictor: Predictor, name: str = "image.png"):
+    def __init__(self, sid: str, image: np.ndarray, net_image: np.ndarray, predictor, name: str = "image.png"):
         self.id, self.image, self.net_image, self.predictor = sid, image, net_image, predictor
         self.name = name
         self.clicks: list[tuple[int, int, bool]] = []
@@ -323,7 +323,9 @@ class DemoApp:
     def _new_session(self, image: np.ndarray, name: str) -> Session:
         h, w = fit_side(*image.shape[:2], self.max_net_side)
         net_image = image if (h, w) == image.shape[:2] else cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        predictor = Predictor(self.runner, zoom_in=self.zoom_in, with_flip=self.with_flip)
+        from fcfi_jax.inference.predictor import Predictor  # JAX loads after the CLI has checked its options
+
+        predictor = Predictor(self.runner, zoom_in=self.zoom_in, with_flip=self.with_flip, max_undo=self.max_undo)
         predictor.set_image(net_image)
         session = Session(secrets.token_hex(8), image, net_image, predictor, name)
         session.allow_overlap, session.auto_negatives = self.allow_overlap, self.auto_negatives
@@ -384,7 +386,6 @@ class DemoApp:
         s.predictor.add_click(ny, nx, positive)
         s.clicks.append((int(y), int(x), positive))
         s.auto.append(auto)
-        self._cap_history(s)
 
     def _auto_negatives(self, s: Session):
         """The automatic-negative rule: every finished object that the predicted mask covers by at least
@@ -410,7 +411,7 @@ class DemoApp:
         s = self.session(sid)
         with s.lock:
             if s.clicks:
-                while s.predictor._history:
+                while s.predictor.undo_steps:
                     was_auto = s.auto[-1] is not None
                     s.predictor.undo()
                     del s.clicks[len(s.predictor.clicks):], s.auto[len(s.predictor.clicks):]
@@ -439,14 +440,6 @@ class DemoApp:
         s = self.session(sid)
         with s.lock:
             return encode_png(s.current_mask().astype(np.uint8) * 255)
-
-    def _cap_history(self, s: Session):
-        """Keep at most `max_undo` undo steps: each holds the previous probabilities and both feedback maps
-        (12 bytes per network-image pixel), which otherwise grow without bound with every click.
-        Predictor has no public limit yet, so its history list is trimmed from the oldest end."""
-        history = s.predictor._history
-        if len(history) > self.max_undo:
-            del history[:len(history) - self.max_undo]
 
     def image_png(self, sid) -> bytes:
         return encode_png(self.session(sid).image, fast=True)
@@ -636,7 +629,7 @@ class DemoApp:
         h, w = mask.shape
         state = {"session": s.id, "height": h, "width": w, "name": s.name,
                  "clicks": [list(c) for c in s.clicks], "click_auto": [a is not None for a in s.auto],
-                 "area": int(mask.sum()), "undo_steps": len(s.predictor._history),
+                 "area": int(mask.sum()), "undo_steps": s.predictor.undo_steps,
                  "mask_png": base64.b64encode(encode_png(mask.astype(np.uint8) * 255)).decode("ascii"),
                  "objects": [o.summary() for o in s.objects],
                  "objects_png": s.objects_png(),

@@ -203,7 +203,7 @@ def main(argv=None):
     if args.batch is not None and args.batch < 1:
         p.error(f"--batch must be a positive number of samples, got {args.batch}")
     if args.batch is not None and args.dtype != "float32":
-        p.error("--dtype float64 runs the host predictor: leave out --batch")
+        p.error("--dtype float64 runs one sample at a time: leave out --batch")
     if not 1 <= args.n_clicks <= 100:
         p.error(f"--n-clicks must be in [1, 100] (official: 20), got {args.n_clicks}")
     if args.every < 1:
@@ -223,6 +223,7 @@ def main(argv=None):
     # before anything starts a JAX backend
     distributed.initialize(args.distributed, args.coordinator_address, args.num_processes, args.process_id)
     import fcfi_jax
+    from fcfi_jax.inference.predictor import Predictor
     from fcfi_jax.inference.runner import CanvasRunner, enable_compilation_cache
 
     enable_compilation_cache(args.cache_dir)
@@ -256,14 +257,16 @@ def main(argv=None):
 
     for ds in datasets:
         compiled_before, reused_before = runner.compile_count, runner.reused_calls
+        step_before = Predictor.step_compilations()
         predictor = build_predictor(model, ds.name, zoom, not args.no_flip, runner=runner, dtype=args.dtype)
         idx = list(range(0, len(ds), args.every))[:args.limit]
         r = evaluate_dataset(predictor, ds, args.n_clicks, idx, on_sample=keep(ds.name))
         compiled = runner.compile_count - compiled_before
-        r["protocol"] = {"checkpoint": str(args.checkpoint), "zoom_in": predictor.zoom and
-                         [predictor.zoom.target_size, predictor.zoom.expansion_ratio],
+        r["protocol"] = {"checkpoint": str(args.checkpoint), "zoom_in": predictor.zoom_in and
+                         list(predictor.zoom_in),
                          "with_flip": not args.no_flip, "n_clicks": args.n_clicks, "pred_thr": 0.49,
                          "canvas_step": args.canvas_step, "compilations": compiled,
+                         "step_compilations": Predictor.step_compilations() - step_before,
                          "calls_on_a_larger_canvas": runner.reused_calls - reused_before}
         results.append(r)
         print(f"{ds.name}: NoC@80 {r['NoC']['NoC@80']:.2f}  NoC@85 {r['NoC']['NoC@85']:.2f}  "

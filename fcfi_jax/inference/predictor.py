@@ -1,6 +1,6 @@
-"""Interactive predictor: the host-side (numpy) half of the official BasePredictor (NoBRS).
+"""Interactive predictor: a session of clicks on one image, each click the device click step of `click_step`.
 
-The network is any callable with the fixed contract
+The network is a `CanvasRunner` or any callable with the fixed contract
 
     out = net(x, points, new_points, gate)
       x          float32 (B, H, W, 4) NHWC: RGB in [0, 1] and the previous-probability channel
@@ -11,18 +11,30 @@ The network is any callable with the fixed contract
       gate       Python float
       -> dict with 'instances' (logits), 'updated_feedback1', 'updated_feedback2', each (B, H, W, 1)
 
-`Predictor.get_prediction` reproduces isegm/inference/predictors/base.py get_prediction (docs/official_quirks.md #24-#26);
-`set_image`/`add_click`/`undo`/`reset` wrap it into the session semantic of the official evaluate_sample
-(docs/official_quirks.md #23): first click with a zero prev mask and gate 0, later clicks with the previous probabilities
-and gate 1.
+A click runs three device programs: `click_step.plan_click` (the official ZoomIn box, crop and resize, flip,
+points), the network, and `click_step.finish_click` (flip merge, sigmoid, inverse resize, threshold): the step
+that the lockstep evaluator fuses into one program, split where the host picks the network's canvas from the
+input size (h', w'), the only values read back between the halves. A `CanvasRunner` takes the device arrays as
+they are (its canvas buckets, ski rental and portrait transposition); another callable gets the inputs cut to
+(h', w') as numpy arrays. The session state (`click_step.ClickState`) stays on the device; undo restores the
+previous one. The same clicks give the official get_prediction's results (isegm/inference/predictors/base.py;
+docs/official_quirks.md #23-#29): `host_predictor.HostPredictor` is its numpy reference, checked against this
+class in tests/test_predictor_host.py and tests/test_click_step.py.
 """
+from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from .defaults import POINTS_BUCKET
-from .transforms import ZoomIn, flip_clicks, flip_w, resize_ac
+from .click_step import StepConfig, finish_click, init_state, make_tables, plan_click, step_canvases
+from .defaults import INTERACTIVE_CANVAS_STEP, POINTS_BUCKET, points_rows
+
+# The two halves of the click step, compiled once per static config for every predictor of the process.
+_PLAN = jax.jit(plan_click, static_argnums=0)
+_FINISH = jax.jit(finish_click, static_argnums=0)
 
 
 class Click(NamedTuple):
@@ -31,44 +43,7 @@ class Click(NamedTuple):
     is_positive: bool
 
 
-def sigmoid(x, dtype=np.float32):
-    """Logistic function in `dtype` (float32, or float64 in the float64 mode); exp overflow for very negative
-    logits gives the exact limit 0."""
-    f = np.dtype(dtype).type
-    with np.errstate(over="ignore"):
-        return (f(1) / (f(1) + np.exp(-np.asarray(x, dtype)))).astype(dtype)
-
-
-def points_array(clicks_lists, bucket: int = 1) -> np.ndarray:
-    """(B, 2N, 3) float32 points: per list, positives then negatives as (y, x, index), -1 padded.
-
-    N = max(1, max #pos / #neg over the batch) as the official get_points_nd, rounded up to a multiple of
-    `bucket` so that adding clicks rarely changes the shape (padding rows are ignored by the network).
-    """
-    n = max([1] + [sum(1 for c in cl if c[2]) for cl in clicks_lists]
-            + [sum(1 for c in cl if not c[2]) for cl in clicks_lists])
-    n = -(-n // bucket) * bucket
-    out = np.full((len(clicks_lists), 2 * n, 3), -1.0, np.float64)
-    for b, cl in enumerate(clicks_lists):
-        pos = [(y, x, i) for i, (y, x, p) in enumerate(cl) if p]
-        neg = [(y, x, i) for i, (y, x, p) in enumerate(cl) if not p]
-        if pos:
-            out[b, :len(pos)] = pos
-        if neg:
-            out[b, n:n + len(neg)] = neg
-    return out.astype(np.float32)  # values computed in float64 (Python), rounded once
-
-
-def new_points_array(clicks_lists, k: int = 1) -> np.ndarray:
-    """(B, k, 3) int32: the last k clicks of each list, newest first, (int(y), int(x), is_positive).
-
-    int() truncates toward zero like torch `.long()` (a flipped coordinate in (-1, 0) becomes 0).
-    """
-    return np.array([[(int(cl[-1 - j][0]), int(cl[-1 - j][1]), int(bool(cl[-1 - j][2]))) for j in range(k)]
-                     for cl in clicks_lists], np.int32)
-
-
-def _check_image(image):
+def check_image(image):
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array of shape (H, W, 3) and dtype uint8 (RGB), "
                          f"got {type(image).__name__}")
@@ -80,7 +55,7 @@ def _check_image(image):
         raise ValueError(f"image is empty: shape {image.shape}, expected H >= 1 and W >= 1")
 
 
-def _check_map(m, hw, name, dtype=np.float32):
+def check_map(m, hw, name, dtype=np.float32):
     m = np.asarray(m)
     if m.shape != tuple(hw):
         raise ValueError(f"{name} must have the image's shape (H, W) = {tuple(hw)}, got {m.shape}")
@@ -90,71 +65,39 @@ def _check_map(m, hw, name, dtype=np.float32):
 
 
 class Predictor:
-    """Interactive segmentation session around a network callable (see module docstring).
+    """Interactive segmentation session around a network (see module docstring).
 
     zoom_in: (target_size, expansion_ratio) for the official ZoomIn (other ZoomIn parameters at their
     official defaults), or None. with_flip: horizontal-flip TTA, run as ONE net call with batch 2.
     prob_thresh: mask = probs > prob_thresh (0.49 official). max_points_bucket: N of the points tensor
     is rounded up to a multiple of it (1 gives the official N exactly). dtype: of the image, the maps and the
-    network input ("float32"; "float64" with a float64 model and runner, for float64 results end to end).
+    network input ("float32"; "float64" with a float64 model and runner and JAX's float64 mode, for float64
+    results end to end). max_undo: undo steps kept (None: all); each holds three maps of the image.
     """
 
-    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=POINTS_BUCKET, dtype="float32"):
+    def __init__(self, net, zoom_in=None, with_flip=True, prob_thresh=0.49, max_points_bucket=POINTS_BUCKET,
+                 dtype="float32", max_undo=None):
         if int(max_points_bucket) < 1:
             raise ValueError(f"max_points_bucket must be >= 1, got {max_points_bucket}")
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        if zoom_in is not None and not isinstance(zoom_in[0], (int, np.integer)):
+            raise ValueError(f"zoom_in target size must be an int, got {zoom_in[0]!r}")
+        if max_undo is not None and int(max_undo) < 0:
+            raise ValueError(f"max_undo must be >= 0 or None, got {max_undo}")
         self.dtype = np.dtype(dtype)
         self.net = net
-        self.zoom = ZoomIn(*zoom_in) if zoom_in is not None else None
+        self.zoom_in = (int(zoom_in[0]), float(zoom_in[1])) if zoom_in is not None else None
         self.with_flip = with_flip
         self.prob_thresh = prob_thresh
         self.max_points_bucket = int(max_points_bucket)
+        self.max_undo = None if max_undo is None else int(max_undo)
+        model = getattr(net, "model", None)
+        # the FFCM box ratio of `make_tables`; the runner computes the model's geometry itself, another net none
+        self._ffcm_ratio = model.feature_extractor.correction_module.expan_ratio if model is not None else 0.0
+        self._tables = (None, None)
         self._image = None
-        self._init_mask = None
         self._clear()
-
-    # ---- official single-step prediction ---------------------------------------------------
-
-    def get_prediction(self, clicks, prev_mask, gate):
-        """One official predictor step: (probs, uf1, uf2), each (H, W) float32 at image resolution.
-
-        clicks: all clicks so far (y, x, is_positive) in image coordinates (indices = list order);
-        prev_mask: (H, W) previous probabilities (or zeros); gate: float. Updates the ZoomIn state.
-        """
-        if self._image is None:
-            raise RuntimeError("no image: call set_image(image) first")
-        clicks = list(clicks)
-        if not clicks:
-            raise ValueError("get_prediction needs at least one click")
-        prev = _check_map(prev_mask, self._image.shape[:2], "prev_mask", self.dtype)
-        x = np.concatenate([self._image, prev[..., None]], axis=-1)   # (H, W, 4)
-
-        if self.zoom is not None:
-            x, clicks = self.zoom.transform(x, clicks)
-        if self.with_flip:
-            batch = np.stack([x, flip_w(x)])
-            lists = [clicks, flip_clicks(clicks, x.shape[1])]
-        else:
-            batch, lists = x[None], [clicks]
-        batch = np.ascontiguousarray(batch, self.dtype)
-        self._net_input_shape = batch.shape
-
-        out = self.net(batch, points_array(lists, self.max_points_bucket), new_points_array(lists), float(gate))
-
-        def merge(key):
-            """Network output -> (h', w') map at the net-input size, flip TTA averaged."""
-            a = np.asarray(out[key], self.dtype)[..., 0]
-            if a.shape[1:] != x.shape[:2]:
-                a = np.stack([resize_ac(m, x.shape[:2]) for m in a])
-            return 0.5 * (a[0] + a[1][:, ::-1]) if self.with_flip else a[0]
-
-        # Inverse transforms in the official order: flip, sigmoid (prediction only), then ZoomIn for
-        # prediction, uf1, uf2 -- the ZoomIn's stored map therefore ends up being uf2.
-        probs, uf1, uf2 = sigmoid(merge("instances"), self.dtype), merge("updated_feedback1"), merge("updated_feedback2")
-        if self.zoom is not None:
-            probs, uf1, uf2 = self.zoom.inverse(probs), self.zoom.inverse(uf1), self.zoom.inverse(uf2)
-        return probs, uf1, uf2
 
     # ---- interactive session ----------------------------------------------------------------
 
@@ -164,55 +107,74 @@ class Predictor:
         initial_mask (optional, (H, W) bool or probabilities in [0, 1]) replaces the all-zero prev mask of
         the first click, which then runs with gate 1.0 (there is feedback to fuse). Not an official feature.
         """
-        _check_image(image)
+        check_image(image)
+        if self.dtype == np.float64 and not jax.config.jax_enable_x64:
+            raise ValueError("Predictor(dtype='float64') needs JAX's float64 mode: "
+                             "jax.config.update('jax_enable_x64', True) first")
+        h, w = image.shape[:2]
         init = None
         if initial_mask is not None:
-            init = _check_map(initial_mask, image.shape[:2], "initial_mask", self.dtype)
+            init = check_map(initial_mask, (h, w), "initial_mask", self.dtype)
             if not np.all((init >= 0) & (init <= 1)):
                 raise ValueError("initial_mask must hold values in [0, 1] (a mask or probabilities)")
-        self._image = image.astype(self.dtype) / self.dtype.type(255)   # torchvision ToTensor
-        self._init_mask = init
+        # The image canvas only holds maps (the network's canvas is the runner's choice): coarse buckets, so that
+        # the two small programs of the step compile again for few image sizes.
+        self._canvases = step_canvases((h, w), INTERACTIVE_CANVAS_STEP, self.zoom_in)
+        canvas = np.zeros(self._canvases[0] + (3,), self.dtype)
+        canvas[:h, :w] = image.astype(self.dtype) / self.dtype.type(255)   # torchvision ToTensor
+        self._image = jnp.asarray(canvas)
+        self._hw = (h, w)
+        self._init = None
+        if init is not None:
+            self._init = np.zeros(self._canvases[0], self.dtype)
+            self._init[:h, :w] = init
         self._clear()
 
     def add_click(self, y, x, is_positive):
         """Add a click at pixel (y, x) (row, column) and predict: returns (mask bool (H, W), probs float32)."""
         if self._image is None:
             raise RuntimeError("no image: call set_image(image) first")
-        h, w = self._image.shape[:2]
+        h, w = self._hw
         try:
             yf, xf = float(y), float(x)
         except (TypeError, ValueError):
             raise ValueError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
         if not (0 <= yf < h and 0 <= xf < w):
             raise ValueError(f"click (y={y}, x={x}) is outside the image: expected 0 <= y < {h} and 0 <= x < {w}")
-        click = Click(int(yf), int(xf), bool(is_positive))   # like the official Click: floats truncated
+        clicks = self._clicks + [Click(int(yf), int(xf), bool(is_positive))]   # floats truncated, as the official Click
 
-        self._history.append(self._state())
-        first = not self._clicks
-        if first:
-            prev = self._init_mask if self._init_mask is not None else np.zeros((h, w), self.dtype)
-            gate = 0.0 if self._init_mask is None else 1.0
-        else:
-            prev, gate = self._probs, 1.0
-        try:
-            probs, uf1, uf2 = self.get_prediction(self._clicks + [click], prev, gate)
-        except BaseException:
-            self._restore(self._history.pop())
-            raise
-        self._clicks.append(click)
-        self._probs, self._uf1, self._uf2 = probs, uf1, uf2
-        return self.mask, probs
+        cfg = self._config(clicks)
+        state = self._state
+        if state.clicks.shape[0] < cfg.max_clicks:   # more click slots (the program compiles again, rarely)
+            state = state._replace(clicks=jnp.pad(state.clicks, ((0, cfg.max_clicks - state.clicks.shape[0]), (0, 0)),
+                                                  constant_values=-1))
+        hw = jnp.asarray(self._hw, jnp.int32)
+        net_in, plan = _PLAN(cfg, self._tables_for(cfg), self._image, hw, state, jnp.asarray(clicks[-1], jnp.int32))
+        zh, zw = (int(v) for v in np.asarray(plan.net_hw))
+        out = self._network(net_in, (zh, zw))
+        new_state, _, _ = _FINISH(cfg, hw, state, plan, out)
+
+        self._history.append((self._state, self._clicks))   # the device state only: 3 maps of the image canvas
+        if self.max_undo is not None and len(self._history) > self.max_undo:
+            del self._history[:len(self._history) - self.max_undo]
+        self._state, self._clicks, self._host = new_state, clicks, {}
+        return self.mask, self.probs
 
     def undo(self):
         """Remove the last click, restoring probabilities, feedbacks and ZoomIn state exactly; no-op without clicks."""
         if self._history:
-            self._restore(self._history.pop())
+            (self._state, self._clicks), self._host = self._history.pop(), {}
 
     def reset(self):
         """Remove all clicks (keeps the image)."""
         self._clear()
 
     # ---- state ----------------------------------------------------------------------------
+
+    @property
+    def undo_steps(self) -> int:
+        """How many clicks `undo` can still remove (at most max_undo)."""
+        return len(self._history)
 
     @property
     def clicks(self):
@@ -222,48 +184,84 @@ class Predictor:
     @property
     def probs(self):
         """(H, W) float32 probabilities after the last click (initial mask or zeros before any click)."""
-        return self._probs
+        return None if self._image is None else self._map("probs")
 
     @property
     def mask(self):
         """(H, W) bool: probs > prob_thresh."""
-        return None if self._probs is None else self._probs > self.prob_thresh
+        return None if self._image is None else self.probs > self.prob_thresh
 
     @property
     def uf1(self):
-        return self._uf1
+        return self._map("uf1") if self._clicks else None
 
     @property
     def uf2(self):
-        return self._uf2
+        return self._map("uf2") if self._clicks else None
 
     @property
     def roi(self):
         """ZoomIn's current ROI (rmin, rmax, cmin, cmax), inclusive, or None (also stale, see ZoomIn)."""
-        return None if self.zoom is None else self.zoom.roi
+        if self.zoom_in is None or not self._clicks or not bool(self._state.has_roi):
+            return None
+        return tuple(int(v) for v in np.asarray(self._state.roi))
 
     @property
     def net_input_shape(self):
         """(B, H', W', 4) of the last network call, or None."""
-        return self._net_input_shape
+        if not self._clicks:
+            return None
+        zh, zw = (int(v) for v in np.asarray(self._state.net_hw))
+        return (2 if self.with_flip else 1, zh, zw, 4)
+
+    @staticmethod
+    def step_compilations() -> int:
+        """Programs XLA compiled so far in this process for the two halves of the step, shared by all predictors
+        (one pair per image canvas, click-slot and points bucket); the network's are the runner's."""
+        return _PLAN._cache_size() + _FINISH._cache_size()
+
+    # ---- internals --------------------------------------------------------------------------
 
     def _clear(self):
-        self._clicks, self._history = [], []
-        self._uf1 = self._uf2 = None
-        self._net_input_shape = None
-        self._probs = None
+        self._clicks, self._history, self._host = [], [], {}
+        self._state = None
         if self._image is not None:
-            self._probs = (self._init_mask if self._init_mask is not None
-                           else np.zeros(self._image.shape[:2], self.dtype))
-        if self.zoom is not None:
-            self.zoom.reset()
+            self._state = init_state(self._config([]), self.dtype, self._init)
 
-    def _state(self):
-        zoom = self.zoom.get_state() if self.zoom is not None else None
-        return list(self._clicks), self._probs, self._uf1, self._uf2, self._net_input_shape, zoom
+    def _config(self, clicks) -> StepConfig:
+        """The step's static settings for these clicks: N of the points tensor as the official get_points_nd
+        (bucketed), click slots in steps of POINTS_BUCKET."""
+        n = max(1, sum(c.is_positive for c in clicks), sum(not c.is_positive for c in clicks))
+        return StepConfig(image_canvas=self._canvases[0], net_canvas=self._canvases[1], zoom_in=self.zoom_in,
+                          with_flip=self.with_flip, prob_thresh=self.prob_thresh, max_clicks=points_rows(len(clicks)),
+                          points_n=-(-n // self.max_points_bucket) * self.max_points_bucket)
 
-    def _restore(self, state):
-        clicks, self._probs, self._uf1, self._uf2, self._net_input_shape, zoom = state
-        self._clicks = list(clicks)
-        if self.zoom is not None:
-            self.zoom.set_state(zoom)
+    def _tables_for(self, cfg):
+        """`make_tables` for the canvases of `cfg`, kept for the last pair."""
+        key = (cfg.image_canvas, cfg.net_canvas, cfg.zoom_in)
+        if self._tables[0] != key:
+            self._tables = (key, make_tables(cfg, self._ffcm_ratio))
+        return self._tables[1]
+
+    def _network(self, net_in, hw):
+        """The network's outputs on the canvas of `net_in.x`, from a CanvasRunner or any net callable."""
+        run_canvas = getattr(self.net, "run_canvas", None)
+        if run_canvas is not None:
+            return run_canvas(net_in.x, net_in.points, net_in.new_points, net_in.gate, hw)
+        (h, w), (b, hn, wn, _) = hw, net_in.x.shape
+        x = np.ascontiguousarray(np.asarray(net_in.x)[:, :h, :w])
+        out = self.net(x, np.asarray(net_in.points), np.asarray(net_in.new_points), float(net_in.gate))
+        res = {}
+        for k in ("instances", "updated_feedback1", "updated_feedback2"):
+            a = np.asarray(out[k], self.dtype)
+            if a.shape != (b, h, w, 1):
+                raise ValueError(f"the network's {k!r} has shape {a.shape}, expected (B, H, W, 1) = {(b, h, w, 1)}")
+            res[k] = jnp.asarray(np.pad(a, ((0, 0), (0, hn - h), (0, wn - w), (0, 0))))
+        return res
+
+    def _map(self, name):
+        """A state map cut to the image, as a numpy array (fetched once per click)."""
+        if name not in self._host:
+            h, w = self._hw
+            self._host[name] = np.array(np.asarray(getattr(self._state, name))[:h, :w])
+        return self._host[name]
