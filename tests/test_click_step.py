@@ -110,10 +110,10 @@ def test_device_step_equals_host_predictor(fixtures_dir, data_dir):
     test_float64_step_equals_float64_host_predictor the arithmetic of both against the host's."""
     import jax
     import jax.numpy as jnp
+    from reference_predictor import HostPredictor
 
     from fcfi_jax.evaluation.evaluate import build_predictor
     from fcfi_jax.inference.click_step import click_step, init_state, make_tables
-    from fcfi_jax.inference.host_predictor import HostPredictor
 
     rec = json.loads((fixtures_dir / "eval_grabcut_hrnet18s_clicky_every10.json").read_text())
     ref = [r for r in rec["per_image"] if r["image_name"] == "banana1"][0]
@@ -173,9 +173,9 @@ def test_float64_step_equals_float64_host_predictor():
     replay of test_random_record a check of the step's arithmetic: its float32 differences are rounding."""
     import jax
     import jax.numpy as jnp
+    from reference_predictor import HostPredictor
 
     from fcfi_jax.inference.click_step import StepConfig, click_step, init_state, make_tables
-    from fcfi_jax.inference.host_predictor import HostPredictor
     from fcfi_jax.inference.predictor import Predictor
 
     h, w = 300, 410

@@ -1,4 +1,5 @@
-"""Host-side predictor: AC resize vs torch, ZoomIn rules (hand-derived and against official eval records),
+"""The numpy reference predictor (tests/reference_predictor.py): AC resize vs torch, ZoomIn rules (hand-derived and
+against official eval records),
 and the Predictor (device step) and HostPredictor (numpy): flip batching / point bucketing / undo / errors with a fake network."""
 import json
 
@@ -6,10 +7,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_predictor import (
+    HostPredictor,
+    ZoomIn,
+    bbox_iou,
+    clicks_inside,
+    new_points_array,
+    object_roi,
+    points_array,
+    resize_ac,
+    zoomed_size,
+)
 
-from fcfi_jax.inference.host_predictor import HostPredictor, new_points_array, points_array
 from fcfi_jax.inference.predictor import Predictor
-from fcfi_jax.inference.transforms import ZoomIn, bbox_iou, clicks_inside, object_roi, resize_ac, zoomed_size
 
 
 def torch_ac(x_hwc, size):

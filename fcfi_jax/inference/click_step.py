@@ -25,7 +25,7 @@ integer segment lengths, while the official float64 product of two rounded quoti
 of the threshold when the exact product equals it.
 
 Maps are computed in the image's dtype (float32 by default, float64 stays float64); resize taps follow
-PyTorch's align-corners kernel in that dtype (`transforms.ac_taps` for float32).
+PyTorch's align-corners kernel in that dtype (`ac_taps` of tests/reference_predictor.py for float32).
 """
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def _stored(x, false):
 
 
 def _taps(n_canvas, n_out, n_in, dst_off, src_off, dtype):
-    """Taps of `transforms.ac_taps` for the output index t = i - dst_off of every canvas index i:
+    """Taps of `ac_taps` (tests/reference_predictor.py) for the output index t = i - dst_off of every canvas index i:
     (source indices i0, i1 into the source canvas, weights w0, w1, inside-the-window flag)."""
     i = jnp.arange(n_canvas, dtype=jnp.int32)
     t = i - dst_off
@@ -200,7 +200,7 @@ def _taps(n_canvas, n_out, n_in, dst_off, src_off, dtype):
 def resize_window(src, src_off, in_hw, out_hw, dst_off, dst_canvas):
     """dst (Hd, Wd, ...) zeros with dst[r0 + t, c0 + u] = resize_ac(src[window], out_hw)[t, u]: the window of
     `src` at `src_off` of size in_hw, align-corners resized to out_hw, pasted at `dst_off`. Columns then rows,
-    as `transforms.resize_ac` (PyTorch's CPU evaluation order)."""
+    as `resize_ac` of tests/reference_predictor.py (PyTorch's CPU evaluation order)."""
     dt = src.dtype
     ri0, ri1, rw0, rw1, rin = _taps(dst_canvas[0], out_hw[0], in_hw[0], dst_off[0], src_off[0], dt)
     ci0, ci1, cw0, cw1, cin = _taps(dst_canvas[1], out_hw[1], in_hw[1], dst_off[1], src_off[1], dt)

@@ -18,8 +18,8 @@ input size (h', w'), the only values read back between the halves. A `CanvasRunn
 they are (its canvas buckets, ski rental and portrait transposition); another callable gets the inputs cut to
 (h', w') as numpy arrays. The session state (`click_step.ClickState`) stays on the device; undo restores the
 previous one. The same clicks give the official get_prediction's results (isegm/inference/predictors/base.py;
-docs/official_quirks.md #23-#29): `host_predictor.HostPredictor` is its numpy reference, checked against this
-class in tests/test_predictor_host.py and tests/test_click_step.py.
+docs/official_quirks.md #23-#29): `HostPredictor` in tests/reference_predictor.py is its numpy reference, which
+tests/test_predictor_host.py and tests/test_click_step.py check it against.
 """
 from __future__ import annotations
 
