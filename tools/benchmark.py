@@ -146,11 +146,11 @@ def _flops(compiled):
 
 def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
     """Predictor clicks with flip in the official GrabCut setting (zoom-in 700 / 3.0, flip TTA): the first
-    click of a 480x640 image (no zoom: network input 2x480x640) and a second click, zoomed in."""
+    click of a 480x640 image (no zoom: network input 2x480x640) and a later click zoomed to 2x525x700."""
     import jax.numpy as jnp
     import numpy as np
 
-    from fcfi_jax.inference.predictor import Predictor
+    from fcfi_jax.inference.predictor import Click, Predictor
     from fcfi_jax.inference.runner import CanvasRunner, canvas_size
 
     sample = _grabcut_480x640(data_root)
@@ -177,11 +177,17 @@ def click_rows(model, repeats, data_root, canvas_step, dtype="float32"):
 
     t = _timeit(first, repeats)
     rows = [row("click_first_flip", t, pred.net_input_shape, set())]
-    # A second click, zoomed in: the first click's result gives the ROI (the clicky checkpoint's object box,
-    # expanded 3x and clamped) and the network input that ROI scaled to 700 on its long side. Every timed call
-    # adds the click and takes it back (undo restores the state: no network call).
+    # A second click inside a zoom ROI, as tools/time_official.py times the official predictor: the ground truth
+    # as the previous probabilities and as ZoomIn's stored map (the session state after one click, set here), so
+    # the ROI is the object's box expanded 3x (clamped) and the network input that ROI scaled to 700 on its long
+    # side. Every timed call adds the click and takes it back (undo restores the state: no network call).
     pred.reset()
-    pred.add_click(y, x, True)
+    gt = np.zeros(pred._state.probs.shape, np.float32)
+    gt[:sample.gt.shape[0], :sample.gt.shape[1]] = sample.gt == 1
+    pred._state = pred._state._replace(probs=jnp.asarray(gt), zmap=jnp.asarray(gt), has_zmap=jnp.bool_(True),
+                                       clicks=pred._state.clicks.at[0].set(jnp.asarray([y, x, 1])),
+                                       n_clicks=jnp.int32(1))
+    pred._clicks = [Click(y, x, True)]
 
     def zoomed():
         pred.add_click(y, x, True)
