@@ -19,7 +19,7 @@ Images and maps are (H, W) or (H, W, C) float32 arrays; clicks are (y, x, is_pos
 import numpy as np
 
 from fcfi_jax.inference.defaults import POINTS_BUCKET
-from fcfi_jax.inference.predictor import Click, check_image, check_map
+from fcfi_jax.inference.predictor import check_image, check_map, make_click
 
 # ----------------------------------------------------------------------------------------------
 # Align-corners bilinear resize
@@ -375,13 +375,7 @@ class HostPredictor:
         if self._image is None:
             raise RuntimeError("no image: call set_image(image) first")
         h, w = self._image.shape[:2]
-        try:
-            yf, xf = float(y), float(x)
-        except (TypeError, ValueError):
-            raise ValueError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
-        if not (0 <= yf < h and 0 <= xf < w):
-            raise ValueError(f"click (y={y}, x={x}) is outside the image: expected 0 <= y < {h} and 0 <= x < {w}")
-        click = Click(int(yf), int(xf), bool(is_positive))   # like the official Click: floats truncated
+        click = make_click(y, x, is_positive, (h, w))
 
         self._history.append(self._state())
         first = not self._clicks

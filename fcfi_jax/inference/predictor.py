@@ -55,6 +55,19 @@ def check_image(image):
         raise ValueError(f"image is empty: shape {image.shape}, expected H >= 1 and W >= 1")
 
 
+def make_click(y, x, is_positive, hw) -> Click:
+    """The Click at pixel (y, x) of an image of size hw, floats truncated as the official Click; a one-line
+    error for non-numbers and points outside the image (NaN included)."""
+    h, w = hw
+    try:
+        yf, xf = float(y), float(x)
+    except (TypeError, ValueError):
+        raise ValueError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
+    if not (0 <= yf < h and 0 <= xf < w):
+        raise ValueError(f"click (y={y}, x={x}) is outside the image: expected 0 <= y < {h} and 0 <= x < {w}")
+    return Click(int(yf), int(xf), bool(is_positive))
+
+
 def check_map(m, hw, name, dtype=np.float32):
     m = np.asarray(m)
     if m.shape != tuple(hw):
@@ -134,14 +147,7 @@ class Predictor:
         """Add a click at pixel (y, x) (row, column) and predict: returns (mask bool (H, W), probs float32)."""
         if self._image is None:
             raise RuntimeError("no image: call set_image(image) first")
-        h, w = self._hw
-        try:
-            yf, xf = float(y), float(x)
-        except (TypeError, ValueError):
-            raise ValueError(f"click coordinates must be numbers, got y={y!r}, x={x!r}") from None
-        if not (0 <= yf < h and 0 <= xf < w):
-            raise ValueError(f"click (y={y}, x={x}) is outside the image: expected 0 <= y < {h} and 0 <= x < {w}")
-        clicks = self._clicks + [Click(int(yf), int(xf), bool(is_positive))]   # floats truncated, as the official Click
+        clicks = self._clicks + [make_click(y, x, is_positive, self._hw)]
 
         cfg = self._config(clicks)
         state = self._state
