@@ -89,7 +89,10 @@ def _lower_bounds() -> dict:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    return tmp_path_factory.mktemp("install")
+    """The module's folder; its virtual environment is about 1 GB, so it goes when the module ends, pass or fail."""
+    path = tmp_path_factory.mktemp("install")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
