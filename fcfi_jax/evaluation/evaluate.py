@@ -173,7 +173,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None,
                    help="evaluate N samples in lockstep, clicker and predictor in one compiled device program, the "
                         "batch sharded over all devices (fcfi_jax/evaluation/lockstep.py); default: one sample at "
-                        "a time with the host predictor")
+                        "a time with Predictor (the same click step, the network between its two halves)")
     p.add_argument("--cache-dir", default=None, help="persistent XLA compilation cache (default ~/.cache/fcfi_jax)")
     from fcfi_jax import distributed
     from fcfi_jax.predict import add_predictor_args, check_output_dir, check_predictor_args

@@ -10,7 +10,7 @@ the session state passed as flat named arrays, so that a caller needs neither fc
 
 The image lives in the top-left h x w corner of a fixed image canvas; the network input (the zoomed crop, or
 the whole image on the first click) lives on a net canvas that holds both the image canvas and the zoom
-target. Everything the host predictor does around the network (zoom-in box and its keep rule, align-corners
+target. Everything `Predictor` does around the network (zoom-in box and its keep rule, align-corners
 resizes, flip and its average, sigmoid, inverse resize, threshold) is inside the artifact.
 """
 from __future__ import annotations

@@ -171,8 +171,9 @@ class CanvasRunner:
 
     def transposed_leaves(self):
         """The flat weights with every k x k kernel (HWIO) transposed to WHIO, for transposed inputs."""
-        if self._leaves_t is None:
-            self._leaves_t = [jnp.swapaxes(a, 0, 1) if a.ndim == 4 else a for a in self._leaves]
+        if self._leaves_t is None:   # one program, not one eager swapaxes compiled per kernel shape (41 for HRNet18s)
+            self._leaves_t = jax.jit(lambda leaves: [jnp.swapaxes(a, 0, 1) if a.ndim == 4 else a
+                                                     for a in leaves])(self._leaves)
         return self._leaves_t
 
     def __call__(self, x, points, new_points, gate):
