@@ -316,7 +316,8 @@ def lockstep_rows(model, n_images, batches, data_root, canvas_step, n_clicks=20)
         steady_s = sum(s["steady_s"] for s in ev.stats)
         host_s = sum(s["host_s"] for s in ev.stats)
         rows.append({"bench": "lockstep_grabcut", "model": "hrnet18s", "images": r["n_samples"], "batch": ev.batch,
-                     "devices": jax.device_count(), "clicks": n_clicks * r["n_samples"], "total_s": total,
+                     "devices": jax.device_count(), "net_per_sample": ev.net_per_sample,
+                     "clicks": n_clicks * r["n_samples"], "total_s": total,
                      "steady_clicks_per_s": steady_clicks / max(steady_s, 1e-9),
                      "first_click_s": [s["first_click_s"] for s in ev.stats],
                      "host_share_of_step": host_s / max(steady_s, 1e-9), "compilations": ev.compile_count,

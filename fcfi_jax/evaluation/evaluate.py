@@ -295,7 +295,7 @@ def _evaluate_lockstep(model, datasets, zoom, args):
         r["protocol"] = {"checkpoint": str(args.checkpoint), "zoom_in": z and list(z), "with_flip": not args.no_flip,
                          "n_clicks": args.n_clicks, "pred_thr": 0.49, "canvas_step": args.canvas_step or EVAL_CANVAS_STEP,
                          "compilations": ev.compile_count, "calls_on_a_larger_canvas": 0,
-                         "batch": ev.batch, "devices": ev.mesh.devices.size}
+                         "batch": ev.batch, "devices": ev.mesh.devices.size, "net_per_sample": ev.net_per_sample}
         results.append(r)
         if r["n_samples"] and jax.process_index() == 0:
             print(f"{ds.name}: NoC@80 {r['NoC']['NoC@80']:.2f}  NoC@85 {r['NoC']['NoC@85']:.2f}  "

@@ -16,8 +16,8 @@ per-click records are replicated to every process once per batch (one small all-
 returns the whole results dict; the CLI writes the reports from process 0 only. With one process the arrays,
 programs and results are those of a plain `jax.device_put` of the whole batch. Tested (tests/test_lockstep.py): a
 batch of 3 on one device, a batch of 8 on 8 simulated CPU devices, and a batch of 8 on 2 processes of 4 simulated
-CPU devices each (through the CLI, 2 clicks) give the same clicks, ROIs and IoUs (within 1e-6) as a batch of 1 on
-one device.
+CPU devices each (through the CLI, 2 clicks) give the same clicks, ROIs and IoUs (bit for bit: the network runs
+per sample on the CPU, see `LockstepEvaluator`) as a batch of 1 on one device.
 
 Images of different sizes share one image canvas (the largest of the dataset, rounded up to `canvas_step`)
 with per-sample valid sizes; the network runs on one net canvas holding the image canvas and the zoom
@@ -45,20 +45,46 @@ from fcfi_jax.progress import Progress
 __all__ = ["LockstepEvaluator"]
 
 
+def one_sample_at_a_time(fn):
+    """`fn` whose `jax.vmap` runs it on each sample in turn (`jax.lax.map` over the mapped arguments, the others
+    shared), so that every sample goes through the program of an unbatched call."""
+    @jax.custom_batching.custom_vmap
+    def mapped(*args):
+        return fn(*args)
+
+    @mapped.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        leaves, tree = jax.tree.flatten(args)
+        flags = jax.tree.leaves(in_batched)
+        assert len(flags) == len(leaves), (len(flags), len(leaves))
+
+        def one(batched_leaves):
+            it = iter(batched_leaves)
+            return fn(*jax.tree.unflatten(tree, [next(it) if b else a for a, b in zip(leaves, flags)]))
+
+        out = jax.lax.map(one, [a for a, b in zip(leaves, flags) if b])
+        return out, jax.tree.map(lambda _: True, out)
+
+    return mapped
+
+
 class LockstepEvaluator:
     """Compiled lockstep click of one model; `evaluate(dataset, ...)` gives `evaluate_dataset`'s results dict.
 
     zoom_in: (target, expansion) or None; batch: samples per step (rounded up to a multiple of the devices);
-    kernels: the `fcfi_jax.ops.Kernels` of the network (default `ops.for_backend(direct_conv=False)`). The direct
-    CPU kernel runs vmapped too (its batching rule folds the samples into its batch axis) and evaluates GrabCut
-    1.3x faster, but its results then depend on the batch by float32 rounding: all of GrabCut with
-    hrnet18s_clicky.pth gave the same clicks and boxes with --batch 8 and --batch 1, yet IoU differences up to
-    4.3e-5 at 3 of 1000 clicks (0 with XLA's convolutions on the image that showed it), against the 1e-6 that
-    `--batch N` promises.
+    kernels: the `fcfi_jax.ops.Kernels` of the network (default `ops.for_backend(direct_conv=False)`).
+    net_per_sample: run the network of each sample of a device's share on its own, one after another inside the
+    step (`jax.lax.map`), instead of once on all of them (`jax.vmap`); default: on the CPU backend. XLA:CPU picks
+    its convolution and matrix-product algorithms by shape, so the network of 8 samples (16 images with the flip)
+    sums in another order than of one: logits differ by ~1e-5 and pixels near the threshold flip (IoU 4.1e-5 on
+    one GrabCut image with hrnet18s_clicky.pth). Per sample, the network runs on exactly the shapes of --batch 1,
+    so `--batch N` reproduces it bit for bit (tests/test_lockstep.py); on two CPU cores a batched network is no
+    faster anyway. GPUs and TPUs keep the batched network, the point of lockstep there (their libraries, too,
+    choose algorithms by shape).
     """
 
     def __init__(self, model, zoom_in=None, with_flip=True, batch=8, canvas_step=EVAL_CANVAS_STEP, mesh=None,
-                 dtype=jnp.float32, prob_thresh=0.49, kernels=None):
+                 dtype=jnp.float32, prob_thresh=0.49, kernels=None, net_per_sample=None):
         from flax import nnx
 
         if int(batch) < 1:
@@ -74,6 +100,9 @@ class LockstepEvaluator:
         self.ffcm_ratio = model.feature_extractor.correction_module.expan_ratio
         graphdef, state = nnx.split(model)
         self._net = model_net(graphdef, ops.for_backend(direct_conv=False) if kernels is None else kernels)
+        self.net_per_sample = jax.default_backend() == "cpu" if net_per_sample is None else bool(net_per_sample)
+        if self.net_per_sample:
+            self._net = one_sample_at_a_time(self._net)
         self._rep, self._shard = data_shardings(self.mesh)
         self.params = self._replicate(state)
         # The batch rows that this process's devices hold (all of them with one process), in the order

@@ -8,8 +8,9 @@ its train/eval mode):
 - `CanvasRunner` (predictor, demo, `evaluate`), `tools/benchmark.py`: `for_backend()`, on CPU the direct 3x3
   kernel, shifted-add depthwise, per-part 1x1 and gather resizes;
 - the trainer: `for_backend(direct_conv=False)` (the direct kernel has no gradient); the lockstep evaluator
-  (`evaluate --batch N`) too: the kernel runs vmapped (its batching rule), but its results then vary with the
-  batch by float32 rounding (`evaluation/lockstep.py`);
+  (`evaluate --batch N`) too, the forms its records were checked with (`LockstepEvaluator(kernels=)` takes
+  `for_backend()`: on the CPU the network runs per sample there, and the kernel's results do not depend on the
+  batch);
 - GPU or TPU, and a model called directly: `REFERENCE`;
 - `tools/export.py`: `portable_kernels()`, the CPU forms without the machine-specific kernel, and window and
   pool forms that ONNX holds.

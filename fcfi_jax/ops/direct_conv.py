@@ -163,9 +163,9 @@ def conv(x, w, stride: int = 1, padding: int | None = None, dilation: int = 1, *
 @functools.lru_cache(maxsize=None)
 def _kernel_call(stride: int, dilation: int, relu: bool, has_residual: bool, method: int):
     """The FFI call for these static settings, with a batching rule: under `jax.vmap` (e.g. a click step vmapped
-    over samples, `LockstepEvaluator(kernels=ops.for_backend())`) the mapped axis is folded into the kernel's own
-    batch axis, so a batch of N samples is one kernel call on N * B images; per-sample weights (never the case in
-    this project) run one call per sample."""
+    over samples, `LockstepEvaluator(kernels=ops.for_backend(), net_per_sample=False)`) the mapped axis is folded
+    into the kernel's own batch axis, so a batch of N samples is one kernel call on N * B images; per-sample
+    weights (never the case in this project) run one call per sample."""
 
     def call(x, w, scale, shift, res, valid):
         b, h, wd, _ = x.shape
