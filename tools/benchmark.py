@@ -294,10 +294,12 @@ def eval_row(model, n_images, data_root, canvas_step, cache_dir=None):
             "NoC@90": r["NoC"]["NoC@90"]}
 
 
-def lockstep_rows(model, n_images, batches, data_root, canvas_step, n_clicks=20):
+def lockstep_rows(model, n_images, batches, data_root, canvas_step, n_clicks=20, batched_net_too=False):
     """GrabCut NoC evaluation with the device step (fcfi_jax/evaluation/lockstep.py) at several batch sizes:
     clicks/s in steady state (after the first click of each batch, which compiles), the host share of a step
-    (Python + dispatch time of the step calls over the steady wall time) and the compilations."""
+    (Python + dispatch time of the step calls over the steady wall time) and the compilations. batched_net_too:
+    every batch > 1 also with the network batched over the samples (`net_per_sample=False`, what GPUs and TPUs
+    run), beside the backend's default."""
     import jax
 
     from fcfi_jax.data.readers import get_dataset
@@ -306,9 +308,10 @@ def lockstep_rows(model, n_images, batches, data_root, canvas_step, n_clicks=20)
 
     ds = get_dataset("GrabCut", os.path.join(data_root, "GrabCut"))
     rows = []
-    for b in batches:
+    runs = [(b, None) for b in batches] + [(b, False) for b in batches if batched_net_too and b > 1]
+    for b, per_sample in runs:
         ev = LockstepEvaluator(model, zoom_in=zoom_in_for(model.cfg.family, "GrabCut"), batch=b,
-                               canvas_step=canvas_step or 16)
+                               canvas_step=canvas_step or 16, net_per_sample=per_sample)
         t0 = time.perf_counter()
         r = ev.evaluate(ds, n_clicks, range(min(n_images, len(ds))), progress=False)
         total = time.perf_counter() - t0
@@ -430,6 +433,9 @@ def main(argv=None):
     p.add_argument("--eval-images", type=int, default=2)
     p.add_argument("--lockstep-batches", default="1,4,8", help="batch sizes of --what lockstep")
     p.add_argument("--lockstep-clicks", type=int, default=20, help="clicks per sample of --what lockstep")
+    p.add_argument("--lockstep-batched-net", action="store_true",
+                   help="--what lockstep: also run each batch > 1 with the network batched over the samples (the "
+                        "GPU/TPU form; on the CPU the default runs it per sample)")
     p.add_argument("--train-size", default="320x480")
     p.add_argument("--cache-dir", default=None,
                    help="JAX persistent compilation cache for the eval row (a second run loads, not compiles)")
@@ -485,7 +491,7 @@ def main(argv=None):
     if "lockstep" in what and "hrnet18s" in models:
         batches = [int(b) for b in args.lockstep_batches.split(",")]
         for row in lockstep_rows(models["hrnet18s"], args.eval_images, batches, args.data_root, step,
-                                 args.lockstep_clicks):
+                                 args.lockstep_clicks, args.lockstep_batched_net):
             emit(row)
     if "onnx" in what and "hrnet18s" in models:
         for s in args.sizes.split(","):
@@ -535,7 +541,8 @@ def main(argv=None):
                   f"{r['model']}")
         elif r["bench"] == "lockstep_grabcut":
             print(f"{'lockstep eval':17s} {'hrnet18s':9s} {str(r['images']) + ' images':12s} {'float32':8s} "
-                  f"batch {r['batch']} on {r['devices']} device(s): {r['steady_clicks_per_s']:.3f} clicks/s "
+                  f"batch {r['batch']} on {r['devices']} device(s), network "
+                  f"{'per sample' if r['net_per_sample'] else 'batched'}: {r['steady_clicks_per_s']:.3f} clicks/s "
                   f"(after the first click), host share of a step {100 * r['host_share_of_step']:.2f}%, "
                   f"total {r['total_s']:.0f}s, {r['compilations']} compilation(s), NoC@90 {r['NoC@90']:.2f}")
         elif r["bench"] == "official_eval_grabcut":
