@@ -151,7 +151,7 @@ def test_two_processes_of_four_devices_equal_one_device(batch1, tmp_path):
 
 def _canvas_inputs(rng, sizes, canvas, model):
     """Flip pairs on a shared canvas, each sample with its own valid size, points and canvas geometry."""
-    (hc, wc), ratio = canvas, model.feature_extractor.correction_module.expan_ratio
+    hc, wc = canvas
     xs, pts, nps, geos = [], [], [], []
     for h, w in sizes:
         x = np.zeros((2, hc, wc, 4), np.float32)
@@ -162,7 +162,7 @@ def _canvas_inputs(rng, sizes, canvas, model):
         xs.append(x)
         pts.append(p)
         nps.append(np.array([[[h // 3, w // 4, 0]]] * 2, np.int32))
-        geos.append(np.array([h, w, int(ratio * h / 2 + 0.5), int(ratio * w / 2 + 0.5)], np.int32))
+        geos.append(np.asarray(model.geometry((h, w))))
     return [np.stack(a) for a in (xs, pts, nps, geos)]
 
 

@@ -48,9 +48,7 @@ __all__ = ["LockstepEvaluator"]
 def one_sample_at_a_time(fn):
     """`fn` whose `jax.vmap` runs it on each sample in turn (`jax.lax.map` over the mapped arguments, the others
     shared), so that every sample goes through the program of an unbatched call."""
-    @jax.custom_batching.custom_vmap
-    def mapped(*args):
-        return fn(*args)
+    mapped = jax.custom_batching.custom_vmap(fn)
 
     @mapped.def_vmap
     def _rule(axis_size, in_batched, *args):
